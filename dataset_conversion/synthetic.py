@@ -1,0 +1,118 @@
+"""Deterministic cardiac-like phantoms in the contract's raw layout (labeled, unlabeled, test).
+
+Each image holds a cavity (label 1) inside a myocardium-like ring (label 2) and a crescent beside the
+ring (label 3), with random shape, pose, contrast, noise and a smooth bias field. 2D images are
+written as single-slice NIfTI volumes with a large through-plane spacing (999), so that nnU-Net plans
+them as 2D.
+"""
+import json
+import os
+import shutil
+import tempfile
+from typing import Dict, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+LABELS = {'background': 0, 'cavity': 1, 'ring': 2, 'crescent': 3}
+
+
+def _smooth_field(shape: Sequence[int], rng: np.random.Generator, strength: float) -> np.ndarray:
+    """A low-order polynomial bias field around 1."""
+    grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing='ij')
+    field = np.ones(shape)
+    for g in grids:
+        field += strength * (rng.uniform(-1, 1) * g + 0.5 * rng.uniform(-1, 1) * g ** 2)
+    return np.clip(field, 0.3, None)
+
+
+def make_phantom(shape: Sequence[int], rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """One image (float32) and its label map (uint8), 2D or 3D."""
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    size = min(shape[-2:])
+    coords = np.meshgrid(*[np.arange(s, dtype=float) for s in shape], indexing='ij')
+    center = [rng.uniform(0.38, 0.62) * s for s in shape]
+    # in-plane rotation and anisotropic radii make ellipses of random pose
+    angle = rng.uniform(0, np.pi)
+    dy, dx = coords[-2] - center[-2], coords[-1] - center[-1]
+    u = np.cos(angle) * dy + np.sin(angle) * dx
+    v = -np.sin(angle) * dy + np.cos(angle) * dx
+    r_cavity = rng.uniform(0.09, 0.16) * size
+    aspect = rng.uniform(0.75, 1.3)
+    sq = (u / r_cavity) ** 2 + (v / (r_cavity * aspect)) ** 2
+    if ndim == 3:
+        r_z = rng.uniform(0.25, 0.4) * shape[0]
+        sq = sq + ((coords[0] - center[0]) / r_z) ** 2
+    dist = np.sqrt(sq)
+    thickness = rng.uniform(0.35, 0.6)
+    label = np.zeros(shape, dtype=np.uint8)
+    label[dist < 1 + thickness] = LABELS['ring']
+    label[dist < 1] = LABELS['cavity']
+    # crescent: a larger ellipse beside the ring, minus the ring's outer disc
+    side = rng.uniform(0, 2 * np.pi)
+    offset = (1 + thickness) * r_cavity * 0.9
+    cu, cv = np.cos(side) * offset, np.sin(side) * offset * aspect
+    r_cres = (1 + thickness) * r_cavity * rng.uniform(0.9, 1.2)
+    sq_c = ((u - cu) / r_cres) ** 2 + ((v - cv) / (r_cres * 1.2)) ** 2
+    if ndim == 3:
+        sq_c = sq_c + ((coords[0] - center[0]) / r_z) ** 2
+    label[(np.sqrt(sq_c) < 1) & (dist >= 1 + thickness + 0.08)] = LABELS['crescent']
+
+    intensities = {0: rng.uniform(0.15, 0.35), 1: rng.uniform(0.75, 1.0), 2: rng.uniform(0.35, 0.55),
+                   3: rng.uniform(0.6, 0.85)}
+    image = np.zeros(shape)
+    for k, value in intensities.items():
+        image[label == k] = value
+    image = image * _smooth_field(shape, rng, rng.uniform(0.1, 0.35))
+    image = image + rng.normal(0, rng.uniform(0.04, 0.12), shape)
+    return (image * 1000).astype(np.float32), label
+
+
+def _write(array: np.ndarray, path: str, is_2d: bool) -> None:
+    if is_2d:
+        img = sitk.GetImageFromArray(array[None])
+        img.SetSpacing((1.0, 1.0, 999.0))
+    else:
+        img = sitk.GetImageFromArray(array)
+        img.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(img, path)
+
+
+def make_synthetic_dataset(raw_root: str, dataset_id: int, n_labeled: int, n_unlabeled: int, n_test: int,
+                           shape: Sequence[int] = (64, 64), seed: int = 0, name: str = 'M3HLPhantom',
+                           overwrite: bool = False) -> str:
+    """Write ``Dataset{id}_{name}`` under ``raw_root``; returns its folder. The same seed gives the same
+    dataset; unlabeled scans never have labels anywhere in the folder."""
+    is_2d = len(shape) == 2
+    target = os.path.join(raw_root, f'Dataset{dataset_id:03d}_{name}')
+    if os.path.exists(target):
+        if not overwrite:
+            raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(target)
+    os.makedirs(raw_root, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tmp = tempfile.mkdtemp(prefix='.tmp-synthetic-', dir=raw_root)
+    try:
+        for sub in ('imagesTr', 'labelsTr', 'imagesUnlabeledTr', 'imagesTs', 'labelsTs'):
+            os.makedirs(os.path.join(tmp, sub))
+        groups: Dict[str, Tuple[int, str, str]] = {'lab': (n_labeled, 'imagesTr', 'labelsTr'),
+                                                   'unl': (n_unlabeled, 'imagesUnlabeledTr', None),
+                                                   'test': (n_test, 'imagesTs', 'labelsTs')}
+        for prefix, (count, image_dir, label_dir) in groups.items():
+            for i in range(count):
+                image, label = make_phantom(shape, rng)
+                case = f'{prefix}_{i:03d}'
+                _write(image, os.path.join(tmp, image_dir, f'{case}_0000.nii.gz'), is_2d)
+                if label_dir is not None:
+                    _write(label, os.path.join(tmp, label_dir, f'{case}.nii.gz'), is_2d)
+        dataset_json = {'channel_names': {'0': 'MRI'}, 'labels': LABELS, 'numTraining': n_labeled,
+                        'file_ending': '.nii.gz', 'name': name,
+                        'description': f'synthetic cardiac-like phantoms, seed {seed}, shape {list(shape)}'}
+        with open(os.path.join(tmp, 'dataset.json'), 'w') as f:
+            json.dump(dataset_json, f, indent=1)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target

@@ -1,0 +1,102 @@
+"""Console entry points. Each parses its arguments and calls one library function; errors about the
+user's data end the program with the message alone (exit code 2), not a traceback."""
+import argparse
+import sys
+from typing import Callable
+
+
+def _run(fn: Callable[[], None]) -> None:
+    from nnunetv2_m3hl.unlabeled import UnlabeledDataError
+    from dataset_conversion.common import ConversionError
+    try:
+        fn()
+    except (UnlabeledDataError, ConversionError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def trainer_path_entry() -> None:
+    """Print the folder to put on nnUNet_extTrainer."""
+    from nnunetv2_m3hl import trainer_path
+    argparse.ArgumentParser(description=trainer_path_entry.__doc__).parse_args()
+    print(trainer_path())
+
+
+def preprocess_unlabeled_entry() -> None:
+    from nnunetv2_m3hl.unlabeled import preprocess_unlabeled
+    p = argparse.ArgumentParser(description="Preprocess imagesUnlabeledTr/ with the dataset's plans into "
+                                            "<data_identifier>_unlabeled/. Only missing or stale cases are redone.")
+    p.add_argument('-d', required=True, help='dataset name or id')
+    p.add_argument('-c', nargs='+', required=True, help='configuration(s), e.g. 2d 3d_fullres')
+    p.add_argument('-p', default='nnUNetPlans', help='plans identifier (default: nnUNetPlans)')
+    p.add_argument('-np', type=int, default=4, help='number of processes (default: 4)')
+    args = p.parse_args()
+    _run(lambda: [preprocess_unlabeled(args.d, c, args.p, args.np) for c in args.c])
+
+
+def convert_acdc_entry() -> None:
+    from dataset_conversion.acdc import DEFAULT_LABELED, convert_acdc
+    p = argparse.ArgumentParser(description='Convert the official ACDC release into an nnU-Net dataset with the '
+                                            'SSL4MIS protocol split (labeled / unlabeled / validation / test).')
+    p.add_argument('-i', required=True, help='ACDC root (holding training/patientXXX/)')
+    group = p.add_mutually_exclusive_group()
+    group.add_argument('--labeled', type=int, default=None,
+                       help=f'number of labeled patients: the first N of the protocol order (default {DEFAULT_LABELED})')
+    group.add_argument('--labeled-patients', nargs='+', type=int, default=None,
+                       help='explicit labeled patient numbers, e.g. 99 38 50')
+    p.add_argument('-d', type=int, required=True, help='dataset id')
+    p.add_argument('--name', default='ACDC', help='dataset name (default: ACDC)')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing dataset with this id')
+    args = p.parse_args()
+    _run(lambda: convert_acdc(args.i, args.d, labeled=args.labeled, labeled_patients=args.labeled_patients,
+                              name=args.name, overwrite=args.overwrite))
+
+
+def convert_la_entry() -> None:
+    from dataset_conversion.la import DEFAULT_LABELED, convert_la
+    p = argparse.ArgumentParser(description='Convert the Left Atrium data (UA-MT h5 or challenge nrrd layout) into an '
+                                            'nnU-Net dataset with the UA-MT protocol split.')
+    p.add_argument('-i', required=True, help='LA root: <CASE>/mri_norm2.h5 or <CASE>/lgemri.nrrd + laendo.nrrd')
+    p.add_argument('--labeled', type=int, default=DEFAULT_LABELED,
+                   help=f'number of labeled scans: the first N of the train order (default {DEFAULT_LABELED})')
+    p.add_argument('-d', type=int, required=True, help='dataset id')
+    p.add_argument('--name', default='LA', help='dataset name (default: LA)')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing dataset with this id')
+    args = p.parse_args()
+    _run(lambda: convert_la(args.i, args.d, labeled=args.labeled, name=args.name, overwrite=args.overwrite))
+
+
+def evaluate_entry() -> None:
+    from nnunetv2_m3hl.evaluation import evaluate_folders
+    p = argparse.ArgumentParser(description='Dice, Jaccard, HD95 and ASD per case and class, as in the papers.')
+    p.add_argument('-ref', required=True, help='folder of reference label files')
+    p.add_argument('-pred', required=True, help='folder of predicted label files (same names)')
+    p.add_argument('-l', nargs='+', type=int, default=None, help='labels to evaluate (default: all in the refs)')
+    p.add_argument('--convention', choices=('paper', 'mm'), default='paper',
+                   help="paper: medpy, voxel units, empty prediction scores 0 (default); mm: image spacing, "
+                        "empty predictions flagged")
+    p.add_argument('--largest-component', action='store_true',
+                   help='keep only the largest connected component of each predicted class (LA papers)')
+    p.add_argument('-o', required=True, help='output JSON (a CSV is written next to it)')
+    args = p.parse_args()
+    _run(lambda: evaluate_folders(args.ref, args.pred, args.o, labels=args.l, convention=args.convention,
+                                  largest_component=args.largest_component))
+
+
+def demo_entry() -> None:
+    from nnunetv2_m3hl.demo import main
+    _run(main)
+
+
+def make_ssl_dataset_entry() -> None:
+    from dataset_conversion.make_ssl import make_ssl_dataset
+    p = argparse.ArgumentParser(description='Turn a fully labeled nnU-Net raw dataset into a semi-supervised one: '
+                                            'N labeled cases chosen with a seed, the rest moved to imagesUnlabeledTr/ '
+                                            'without labels; test data kept.')
+    p.add_argument('-d', required=True, help='source dataset name or id (in nnUNet_raw)')
+    p.add_argument('--labeled', type=int, required=True, help='number of labeled cases to keep')
+    p.add_argument('-o', type=int, required=True, help='id of the new dataset')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--overwrite', action='store_true')
+    args = p.parse_args()
+    _run(lambda: make_ssl_dataset(args.d, args.labeled, args.o, seed=args.seed, overwrite=args.overwrite))

@@ -1,0 +1,80 @@
+"""Feature taps (forward hooks) and the high/low-level consistency losses.
+
+The network is never changed: the bottleneck (``encoder.stages[-1]``) and the last decoder stage
+(``decoder.stages[-1]``) are read with forward hooks, which also works for every architecture
+nnU-Net plans (PlainConvUNet, ResidualEncoderUNet, ...).
+"""
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunetv2_m3hl.mixing import partner_index
+
+HIGH = 'high'
+LOW = 'low'
+
+
+def unwrap_network(network: nn.Module) -> nn.Module:
+    """The plain module behind DDP and torch.compile wrappers."""
+    if hasattr(network, 'module') and isinstance(network, nn.parallel.DistributedDataParallel):
+        network = network.module
+    return getattr(network, '_orig_mod', network)
+
+
+def tapped_modules(network: nn.Module) -> Dict[str, nn.Module]:
+    plain = unwrap_network(network)
+    try:
+        return {HIGH: plain.encoder.stages[-1], LOW: plain.decoder.stages[-1]}
+    except AttributeError as e:
+        raise TypeError(f"{type(plain).__name__} has no encoder.stages / decoder.stages; M3HL taps the "
+                        f"bottleneck and the last decoder stage of nnU-Net's U-Net architectures") from e
+
+
+class FeatureTap:
+    """Records the outputs of the bottleneck and the last decoder stage on every forward."""
+
+    def __init__(self, network: nn.Module):
+        self.features: Dict[str, torch.Tensor] = {}
+        self._handles = [module.register_forward_hook(self._recorder(name))
+                         for name, module in tapped_modules(network).items()]
+
+    def _recorder(self, name: str):
+        def hook(module: nn.Module, inputs, output) -> None:
+            self.features[name] = output
+        return hook
+
+    def pop(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(high, low) of the last forward; cleared so that stale features are never reused."""
+        try:
+            high, low = self.features.pop(HIGH), self.features.pop(LOW)
+        except KeyError as e:
+            raise RuntimeError("no features recorded: run a forward pass first") from e
+        return high, low
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+def _against_couple(distance, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean of ``distance(student[i], teacher[k])`` for k = i and k = the partner of i: every mixed
+    image of a couple against both unlabeled images of the couple (4 terms per couple)."""
+    partner = partner_index(student.shape[0], student.device)
+    return 0.5 * (distance(student, teacher) + distance(student, teacher[partner]))
+
+
+def high_level_loss(student_high: torch.Tensor, teacher_high: torch.Tensor) -> torch.Tensor:
+    """1 - cosine similarity of bottleneck features over channels, averaged over positions and pairs."""
+    def distance(s, t):
+        return (1 - F.cosine_similarity(s.float(), t.float(), dim=1)).mean()
+    return _against_couple(distance, student_high, teacher_high.detach())
+
+
+def low_level_loss(student_low: torch.Tensor, teacher_low: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference of the last decoder feature maps."""
+    def distance(s, t):
+        return F.l1_loss(s.float(), t.float())
+    return _against_couple(distance, student_low, teacher_low.detach())

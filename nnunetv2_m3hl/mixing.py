@@ -1,0 +1,124 @@
+"""Block masks and the mutual mixing of labeled and unlabeled patches (pure torch, any device).
+
+Pairing (DESIGN section 3): labeled sample i is paired with unlabeled sample i; pairs 2j and 2j+1
+form a *couple* that shares one block mask ``M_j`` in opposite directions::
+
+    mixed[2j]   = M_j * x_u[2j]   + (1 - M_j) * x_l[2j]
+    mixed[2j+1] = M_j * x_l[2j+1] + (1 - M_j) * x_u[2j+1]
+
+An odd last pair has a couple (and a mask) of its own, so every batch size works.
+"""
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import torch
+from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+
+
+def blocks_along_axes(spatial_shape: Sequence[int], blocks_per_axis: int) -> List[int]:
+    """Number of blocks per axis: ``blocks_per_axis``, fewer only where an axis has fewer voxels."""
+    if blocks_per_axis < 1:
+        raise ValueError(f"blocks_per_axis must be >= 1, got {blocks_per_axis}")
+    return [min(blocks_per_axis, int(s)) for s in spatial_shape]
+
+
+def block_index_per_voxel(size: int, n_blocks: int, device: torch.device) -> torch.Tensor:
+    """Block index of every voxel along one axis; blocks differ by at most one voxel when
+    ``size`` is not divisible by ``n_blocks``."""
+    return torch.arange(size, device=device) * n_blocks // size
+
+
+def make_block_masks(n_masks: int, spatial_shape: Sequence[int], blocks_per_axis: int = 4,
+                     masked_ratio: float = 0.5, device: torch.device = torch.device('cpu'),
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Random block-grid masks, shape ``(n_masks, *spatial_shape)``, values 0/1 (float32).
+
+    Exactly ``round(masked_ratio * n_blocks)`` blocks of each mask are 1; every mask draws its own
+    blocks. Built with one argsort over random keys, without Python loops over blocks.
+    """
+    if not 0.0 <= masked_ratio <= 1.0:
+        raise ValueError(f"masked_ratio must lie in [0, 1], got {masked_ratio}")
+    grid = blocks_along_axes(spatial_shape, blocks_per_axis)
+    n_blocks = 1
+    for g in grid:
+        n_blocks *= g
+    n_masked = int(round(masked_ratio * n_blocks))
+    keys = torch.rand((n_masks, n_blocks), device=device, generator=generator)
+    ranks = keys.argsort(dim=1).argsort(dim=1)
+    block_masks = (ranks < n_masked).float().reshape(n_masks, *grid)
+    # expand blocks to voxels by gathering along each axis in turn
+    voxel_masks = block_masks
+    for axis, (size, g) in enumerate(zip(spatial_shape, grid)):
+        voxel_masks = voxel_masks.index_select(axis + 1, block_index_per_voxel(int(size), g, device))
+    return voxel_masks
+
+
+def couple_index(batch_size: int, device: torch.device = torch.device('cpu')) -> torch.Tensor:
+    """Couple of every pair: pairs 2j and 2j+1 form couple j."""
+    return torch.arange(batch_size, device=device) // 2
+
+
+def partner_index(batch_size: int, device: torch.device = torch.device('cpu')) -> torch.Tensor:
+    """The other pair of each pair's couple; a lone last pair is its own partner."""
+    idx = torch.arange(batch_size, device=device)
+    partner = idx ^ 1
+    return torch.where(partner < batch_size, partner, idx)
+
+
+def number_of_couples(batch_size: int) -> int:
+    return (batch_size + 1) // 2
+
+
+@dataclass
+class MixedBatch:
+    images: torch.Tensor          # (B, C, *spatial)
+    targets: torch.Tensor         # (B, 1, *spatial), label or pseudo-label per voxel
+    from_unlabeled: torch.Tensor  # (B, 1, *spatial), 1 where the voxel came from the unlabeled image
+    masks: torch.Tensor           # (n_couples, *spatial), the couple masks used
+
+
+def unlabeled_share_per_pair(masks: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Where each pair takes its unlabeled content: ``M`` for even pairs, ``1 - M`` for odd ones.
+    Returns ``(B, 1, *spatial)``."""
+    device = masks.device
+    per_pair = masks[couple_index(batch_size, device)]
+    odd = (torch.arange(batch_size, device=device) % 2 == 1).view(-1, *([1] * (masks.ndim - 1)))
+    return torch.where(odd, 1 - per_pair, per_pair).unsqueeze(1)
+
+
+def mutual_mix(x_labeled: torch.Tensor, y_labeled: torch.Tensor, x_unlabeled: torch.Tensor,
+               pseudo_labels: torch.Tensor, masks: torch.Tensor) -> MixedBatch:
+    """Mix images and targets of B (labeled, unlabeled) pairs with the couple masks.
+
+    ``x_*``: ``(B, C, *spatial)``; ``y_labeled``/``pseudo_labels``: ``(B, 1, *spatial)``;
+    ``masks``: ``(ceil(B/2), *spatial)``.
+    """
+    batch_size = x_labeled.shape[0]
+    if x_unlabeled.shape != x_labeled.shape:
+        raise ValueError(f"labeled and unlabeled batches differ in shape: {tuple(x_labeled.shape)} vs "
+                         f"{tuple(x_unlabeled.shape)}")
+    if masks.shape[0] != number_of_couples(batch_size) or masks.shape[1:] != x_labeled.shape[2:]:
+        raise ValueError(f"expected {number_of_couples(batch_size)} masks of shape {tuple(x_labeled.shape[2:])}, "
+                         f"got {tuple(masks.shape)}")
+    from_unlabeled = unlabeled_share_per_pair(masks.to(x_labeled.dtype), batch_size)
+    images = from_unlabeled * x_unlabeled + (1 - from_unlabeled) * x_labeled
+    targets = torch.where(from_unlabeled.bool(), pseudo_labels.to(y_labeled.dtype), y_labeled)
+    return MixedBatch(images, targets, from_unlabeled, masks)
+
+
+def downsample_for_deep_supervision(maps: Sequence[torch.Tensor], scales: Optional[Sequence[Sequence[float]]]
+                                    ) -> List[List[torch.Tensor]]:
+    """Downsample label-like ``(B, 1, *spatial)`` maps to every deep-supervision resolution exactly as
+    nnU-Net's data augmentation does for its targets (nearest-exact). Returns one list per scale,
+    holding the maps in input order. ``scales=None`` means no deep supervision (one full-res scale)."""
+    if scales is None:
+        return [list(maps)]
+    batch_size = maps[0].shape[0]
+    # nnU-Net's transform treats the leading axis as channels: stack all maps there in one call
+    stacked = torch.cat([m[:, 0].float() for m in maps], dim=0)
+    per_scale = DownsampleSegForDSTransform(scales)(segmentation=stacked)['segmentation']
+    result = []
+    for level in per_scale:
+        parts = level.split(batch_size, dim=0)
+        result.append([p.unsqueeze(1).to(m.dtype) for p, m in zip(parts, maps)])
+    return result

@@ -1,0 +1,331 @@
+"""M3HLTrainer: M³HL semi-supervised training (mutual mask mix + high/low-level feature consistency)
+as an nnU-Net v2 trainer. The algorithm lives in the package modules; this class only wires them
+into nnU-Net's hooks."""
+import os
+from contextlib import contextmanager
+from os.path import join
+from typing import List
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from torch import autocast
+from torch import distributed as dist
+
+from nnunetv2.configuration import default_num_processes
+from nnunetv2.paths import nnUNet_raw
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+
+from nnunetv2_m3hl.checkpointing import load_checkpoint_safely, save_atomically
+from nnunetv2_m3hl.features import FeatureTap, high_level_loss, low_level_loss, unwrap_network
+from nnunetv2_m3hl.losses import RegionWeightedDiceCE
+from nnunetv2_m3hl.mixing import downsample_for_deep_supervision, make_block_masks, mutual_mix, \
+    number_of_couples
+from nnunetv2_m3hl.progress import M3HLLocalLogger
+from nnunetv2_m3hl.teacher import ema_update, make_teacher, pseudo_labels_from_logits
+from nnunetv2_m3hl.unlabeled import UnlabeledDataLoader, check_configuration_supported, n_proc_split, \
+    preprocess_unlabeled, preprocessed_unlabeled_folder, unlabeled_identifiers
+from nnunetv2_m3hl.visualization import save_mixed_sample_png
+
+TEACHER_CHECKPOINT = 'checkpoint_final_teacher.pth'
+
+
+@contextmanager
+def _n_proc_da(n: int):
+    """nnU-Net sizes its loaders from nnUNet_n_proc_DA; lend the labeled loader its share of it."""
+    old = os.environ.get('nnUNet_n_proc_DA')
+    os.environ['nnUNet_n_proc_DA'] = str(n)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ['nnUNet_n_proc_DA']
+        else:
+            os.environ['nnUNet_n_proc_DA'] = old
+
+
+def _cycle(batch: torch.Tensor, n: int) -> torch.Tensor:
+    return batch if batch.shape[0] == n else batch[torch.arange(n) % batch.shape[0]]
+
+
+class M3HLTrainer(nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        # reference settings (DESIGN section 5)
+        self.blocks_per_axis = 4
+        self.masked_ratio = 0.5
+        self.u_weight = 0.5
+        self.ema_decay = 0.99
+        self.high_weight = 1.0      # total = mix + (high_weight * L_high + low_weight * L_low) / 2
+        self.low_weight = 1.0
+        self.largest_component = True
+        self.unlabeled_batch_size = None  # None: the labeled batch size of this rank
+        # robustness and diagnostics
+        self.max_consecutive_nonfinite = 20
+        self.mixed_sample_png_every = 50  # epochs; 0 disables
+        self.teacher = None
+        self.dataloader_unlabeled = None
+        self._consecutive_nonfinite = 0
+        self._capture_example = False
+        self._example_panels = None
+        self.logger.local_logger = M3HLLocalLogger()
+
+    # ------------------------------------------------------------------ settings
+    def m3hl_settings(self) -> dict:
+        return {k: getattr(self, k) for k in (
+            'blocks_per_axis', 'masked_ratio', 'u_weight', 'ema_decay', 'high_weight', 'low_weight',
+            'largest_component', 'unlabeled_batch_size')}
+
+    def make_masks(self, n_masks: int, spatial_shape, device: torch.device) -> torch.Tensor:
+        """Couple masks; variants override this to change the mixing pattern."""
+        return make_block_masks(n_masks, spatial_shape, self.blocks_per_axis, self.masked_ratio, device)
+
+    # ------------------------------------------------------------------ setup
+    def initialize(self):
+        check_configuration_supported(self.configuration_manager, self.label_manager)
+        super().initialize()
+        student = unwrap_network(self.network)
+        self.teacher = make_teacher(student)
+        self.teacher.decoder.deep_supervision = False
+        self.student_tap = FeatureTap(student)
+        self.teacher_tap = FeatureTap(self.teacher)
+        mix_loss = RegionWeightedDiceCE(self.u_weight, self.label_manager.ignore_label)
+        # same deep-supervision weights as nnU-Net's own loss
+        self.mix_loss = DeepSupervisionWrapper(mix_loss, self.loss.weight_factors) \
+            if self.enable_deep_supervision else mix_loss
+        self.print_to_log_file(f"M3HL settings: {self.m3hl_settings()}")
+
+    @property
+    def unlabeled_folder(self) -> str:
+        return preprocessed_unlabeled_folder(self.preprocessed_dataset_folder_base,
+                                             self.configuration_manager.data_identifier)
+
+    def prepare_unlabeled_data(self) -> None:
+        """Preprocess what is missing or stale (rank 0 only; other ranks wait)."""
+        if self.local_rank == 0:
+            if nnUNet_raw.is_set():
+                preprocess_unlabeled(self.plans_manager.dataset_name, self.configuration_name,
+                                     self.plans_manager.plans_name, num_processes=default_num_processes)
+            elif not unlabeled_identifiers(self.unlabeled_folder):
+                raise RuntimeError("nnUNet_raw is not set and no preprocessed unlabeled scans exist in "
+                                   f"{self.unlabeled_folder}: set nnUNet_raw so that imagesUnlabeledTr/ can be "
+                                   f"preprocessed.")
+            else:
+                self.print_to_log_file("nnUNet_raw is not set: using the preprocessed unlabeled scans as they are")
+        if self.is_ddp:
+            dist.barrier()
+
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        self.prepare_unlabeled_data()
+        super().on_train_start()
+        self.print_to_log_file(f"{len(unlabeled_identifiers(self.unlabeled_folder))} unlabeled scans, "
+                               f"{self._unlabeled_batch_size()} unlabeled patches per step")
+        if self.is_ddp:
+            # identical teachers on every rank, also after a resume
+            for t in list(self.teacher.parameters()) + list(self.teacher.buffers()):
+                dist.broadcast(t.data, src=0)
+
+    def _unlabeled_batch_size(self) -> int:
+        return self.unlabeled_batch_size or self.batch_size
+
+    def get_dataloaders(self):
+        n_labeled, n_unlabeled = n_proc_split(get_allowed_n_proc_DA())
+        with _n_proc_da(n_labeled):
+            dl_train, dl_val = super().get_dataloaders()
+        self.dataloader_unlabeled = self.get_unlabeled_dataloader(n_unlabeled)
+        return dl_train, dl_val
+
+    def get_unlabeled_dataloader(self, num_processes: int):
+        """Same patch size and the same spatial and intensity augmentation as the labeled loader."""
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        transforms = self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation, None, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
+            is_cascaded=False, foreground_labels=self.label_manager.foreground_labels, regions=None,
+            ignore_label=None)
+        loader = UnlabeledDataLoader(self.unlabeled_folder, self._unlabeled_batch_size(), initial_patch_size,
+                                     self.configuration_manager.patch_size, self.label_manager, transforms)
+        if num_processes == 0:
+            return SingleThreadedAugmenter(loader, None)
+        return NonDetMultiThreadedAugmenter(loader, None, num_processes, num_cached=max(6, num_processes // 2),
+                                            seeds=None, pin_memory=self.device.type == 'cuda', wait_time=0.002)
+
+    # ------------------------------------------------------------------ training
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        every = self.mixed_sample_png_every
+        self._capture_example = bool(every) and (self.current_epoch + 1) % every == 0 and self.local_rank == 0
+
+    def train_step(self, batch: dict) -> dict:
+        unlabeled = next(self.dataloader_unlabeled)['data']
+        return self.m3hl_step(batch['data'], batch['target'], unlabeled)
+
+    def _autocast(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context()
+
+    def m3hl_step(self, x_labeled: torch.Tensor, target, x_unlabeled: torch.Tensor) -> dict:
+        """One M3HL optimisation step on tensors (data loading excluded)."""
+        y_labeled = target[0] if isinstance(target, list) else target
+        # pair labeled i with unlabeled i; a smaller batch is cycled so that both batch sizes may differ
+        n_pairs = max(x_labeled.shape[0], x_unlabeled.shape[0])
+        x_l = _cycle(x_labeled, n_pairs).to(self.device, non_blocking=True)
+        y_l = _cycle(y_labeled, n_pairs).to(self.device, non_blocking=True)
+        x_u = _cycle(x_unlabeled, n_pairs).to(self.device, non_blocking=True)
+        use_hl = self.high_weight != 0 or self.low_weight != 0
+
+        with torch.no_grad(), self._autocast():
+            teacher_logits = self.teacher(x_u)
+            teacher_high, teacher_low = self.teacher_tap.pop()
+        _, pseudo = pseudo_labels_from_logits(teacher_logits, self.largest_component)
+
+        masks = self.make_masks(number_of_couples(n_pairs), x_l.shape[2:], self.device)
+        mixed = mutual_mix(x_l, y_l, x_u, pseudo, masks)
+        per_scale = downsample_for_deep_supervision([mixed.targets, mixed.from_unlabeled],
+                                                    self._get_deep_supervision_scales())
+        targets = [t for t, _ in per_scale]
+        regions = [r for _, r in per_scale]
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            output = self.network(mixed.images)
+            student_high, student_low = self.student_tap.pop()
+            if self.enable_deep_supervision:
+                mix = self.mix_loss(output, targets, regions)
+            else:
+                mix = self.mix_loss(output, targets[0], regions[0])
+            zero = mix.new_zeros(())
+            l_high = high_level_loss(student_high, teacher_high) if use_hl and self.high_weight else zero
+            l_low = low_level_loss(student_low, teacher_low) if use_hl and self.low_weight else zero
+            loss = mix + (self.high_weight * l_high + self.low_weight * l_low) / 2
+
+        if self._capture_example:
+            self._keep_example(x_l, x_u, mixed, output)
+
+        if not torch.isfinite(loss):
+            return self._skip_nonfinite_step(loss)
+        self._consecutive_nonfinite = 0
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        ema_update(self.teacher, unwrap_network(self.network), self.ema_decay)
+        return {'loss': loss.detach().cpu().numpy(), 'mix_loss': mix.detach().cpu().numpy(),
+                'high_loss': l_high.detach().float().cpu().numpy(), 'low_loss': l_low.detach().float().cpu().numpy(),
+                'pseudo_fg': (pseudo > 0).float().mean().cpu().numpy(), 'skipped': np.array(0.0)}
+
+    def _skip_nonfinite_step(self, loss: torch.Tensor) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        self._consecutive_nonfinite += 1
+        self.print_to_log_file(f"WARNING: non-finite loss ({loss.item()}), step skipped "
+                               f"({self._consecutive_nonfinite} in a row)")
+        if self._consecutive_nonfinite >= self.max_consecutive_nonfinite:
+            raise RuntimeError(
+                f"{self._consecutive_nonfinite} consecutive steps had a non-finite loss; training stopped. Check "
+                f"the input data (NaN/inf voxels in the preprocessed cases) and lower the learning rate, or resume "
+                f"from the last checkpoint with --c.")
+        nan = np.array(np.nan)
+        return {'loss': nan, 'mix_loss': nan, 'high_loss': nan, 'low_loss': nan, 'pseudo_fg': nan,
+                'skipped': np.array(1.0)}
+
+    def _keep_example(self, x_l, x_u, mixed, output) -> None:
+        logits = output[0] if isinstance(output, (list, tuple)) else output
+        self._example_panels = {
+            'labeled image': x_l[0], 'unlabeled image': x_u[0], 'mask (1 = unlabeled)': mixed.from_unlabeled[0],
+            'mixed image': mixed.images[0], 'mixed target': mixed.targets[0],
+            'student prediction': logits[0].detach().argmax(0, keepdim=True)}
+        self._example_panels = {k: v.detach().cpu() for k, v in self._example_panels.items()}
+        self._capture_example = False
+
+    def _epoch_mean(self, values: np.ndarray) -> float:
+        if self.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, values)
+            values = np.concatenate([np.atleast_1d(v) for v in gathered])
+        values = np.asarray(values, dtype=float)
+        return float(np.nanmean(values)) if np.isfinite(values).any() else float('nan')
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        outputs = collate_outputs(train_outputs)
+        e = self.current_epoch
+        self.logger.log('train_losses', self._epoch_mean(outputs['loss']), e)
+        for key, log_key in (('mix_loss', 'mix_losses'), ('high_loss', 'high_losses'), ('low_loss', 'low_losses'),
+                             ('pseudo_fg', 'pseudo_fg_share')):
+            self.logger.log(log_key, self._epoch_mean(outputs[key]), e)
+        skipped = self._epoch_mean(outputs['skipped']) * len(train_outputs)
+        self.logger.log('skipped_steps', skipped, e)
+        self.print_to_log_file(
+            f"mix_loss {self.logger.get_value('mix_losses', -1):.4f}  L_high {self.logger.get_value('high_losses', -1):.4f}"
+            f"  L_low {self.logger.get_value('low_losses', -1):.4f}  pseudo-label fg share "
+            f"{self.logger.get_value('pseudo_fg_share', -1):.4f}" + (f"  skipped steps {skipped:.0f}" if skipped else ''))
+
+    def on_epoch_end(self):
+        if self._example_panels is not None:
+            save_mixed_sample_png(self._example_panels,
+                                  join(self.output_folder, f'mixed_sample_epoch_{self.current_epoch:04d}.png'))
+            self._example_panels = None
+        super().on_epoch_end()
+
+    def on_train_end(self):
+        super().on_train_end()
+        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, network_weights: dict, with_training_state: bool) -> dict:
+        return {
+            'network_weights': network_weights,
+            'optimizer_state': self.optimizer.state_dict() if with_training_state else None,
+            'grad_scaler_state': self.grad_scaler.state_dict()
+            if with_training_state and self.grad_scaler is not None else None,
+            'logging': self.logger.get_checkpoint(),
+            '_best_ema': self._best_ema,
+            'current_epoch': self.current_epoch + 1,
+            'init_args': self.my_init_kwargs,
+            'trainer_name': self.__class__.__name__,
+            'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
+        }
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint plus the teacher and the M3HL settings, written atomically. With the
+        final checkpoint, the teacher is also written as a checkpoint nnUNetv2_predict -chk can load."""
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file('No checkpoint written, checkpointing is disabled')
+            return
+        checkpoint = self._checkpoint(unwrap_network(self.network).state_dict(), with_training_state=True)
+        checkpoint['m3hl'] = {'teacher_weights': self.teacher.state_dict(), 'settings': self.m3hl_settings()}
+        save_atomically(checkpoint, filename)
+        if os.path.basename(filename) == 'checkpoint_final.pth':
+            save_atomically(self._checkpoint(self.teacher.state_dict(), with_training_state=False),
+                            join(os.path.dirname(filename), TEACHER_CHECKPOINT))
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = load_checkpoint_safely(filename_or_checkpoint, map_location=self.device) \
+            if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint
+        m3hl = checkpoint.get('m3hl')
+        if m3hl is None:
+            # e.g. fine-tuning from an nnUNetTrainer checkpoint: the teacher starts as the loaded student
+            self.print_to_log_file("checkpoint has no M3HL teacher; the teacher starts as a copy of the student")
+            self.teacher.load_state_dict(unwrap_network(self.network).state_dict())
+            return
+        self.teacher.load_state_dict(m3hl['teacher_weights'])
+        if m3hl['settings'] != self.m3hl_settings():
+            self.print_to_log_file(f"WARNING: checkpoint was trained with M3HL settings {m3hl['settings']}, "
+                                   f"continuing with {self.m3hl_settings()}")

@@ -1,0 +1,328 @@
+"""Unlabeled scans: discovery and validation of ``imagesUnlabeledTr/``, incremental preprocessing with
+the dataset's own plans and preprocessor, and the data loader.
+
+Preprocessed cases live in ``nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabeled/`` in
+nnU-Net's storage format. ``m3hl_manifest.json`` there records the identity of the plans and of every
+source file; only cases listed in it are ever read, and a case is listed only after all of its files
+have been moved into place, so an interrupted run is resumed and never half-read.
+"""
+import hashlib
+import json
+import multiprocessing
+import os
+import re
+from dataclasses import dataclass
+from time import sleep
+from typing import Dict, List, Sequence, Tuple
+
+from batchgenerators.utilities.file_and_folder_operations import join, load_json, load_pickle, write_pickle
+from tqdm import tqdm
+
+from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+UNLABELED_IMAGES_FOLDER = 'imagesUnlabeledTr'
+MANIFEST_NAME = 'm3hl_manifest.json'
+MANIFEST_VERSION = 1
+_TMP_PREFIX = '.m3hl-tmp-'
+# the files nnU-Net's blosc2 storage writes for one case
+_CASE_FILE_SUFFIXES = ('.b2nd', '_seg.b2nd', '.pkl')
+
+
+class UnlabeledDataError(RuntimeError):
+    """Bad or missing unlabeled data; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class UnlabeledCase:
+    identifier: str
+    image_files: Tuple[str, ...]
+
+
+def unlabeled_folder_of(raw_dataset_folder: str) -> str:
+    return join(raw_dataset_folder, UNLABELED_IMAGES_FOLDER)
+
+
+def preprocessed_unlabeled_folder(preprocessed_dataset_folder_base: str, data_identifier: str) -> str:
+    return join(preprocessed_dataset_folder_base, f'{data_identifier}_unlabeled')
+
+
+def _labeled_identifiers(raw_dataset_folder: str, dataset_json: dict) -> List[str]:
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+    return sorted(get_filenames_of_train_images_and_targets(raw_dataset_folder, dataset_json).keys())
+
+
+def discover_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> List[UnlabeledCase]:
+    """List and validate the cases of ``imagesUnlabeledTr/``: file ending, channel files and
+    identifiers are checked against ``dataset.json`` and the labeled cases."""
+    folder = unlabeled_folder_of(raw_dataset_folder)
+    if not os.path.isdir(folder):
+        raise UnlabeledDataError(
+            f"No unlabeled scans: {folder} does not exist. M3HL learns from unlabeled scans: add them to "
+            f"{UNLABELED_IMAGES_FOLDER}/ (named like imagesTr, e.g. CASE_0000{dataset_json['file_ending']}), "
+            f"or train the supervised baseline with -tr nnUNetTrainer.")
+    file_ending = dataset_json['file_ending']
+    n_channels = len(dataset_json.get('channel_names', dataset_json.get('modality', {'0': None})))
+    pattern = re.compile(r'(.+)_(\d{4})' + re.escape(file_ending))
+    channels_per_case: Dict[str, Dict[int, str]] = {}
+    for name in sorted(os.listdir(folder)):
+        if name.startswith('.'):
+            continue
+        path = join(folder, name)
+        if not name.endswith(file_ending):
+            raise UnlabeledDataError(
+                f"{path}: wrong file ending; dataset.json says file_ending is '{file_ending}'. Convert the scan "
+                f"to {file_ending} or remove it from {UNLABELED_IMAGES_FOLDER}/.")
+        match = pattern.fullmatch(name)
+        if match is None:
+            raise UnlabeledDataError(
+                f"{path}: the name does not follow nnU-Net's CASE_XXXX{file_ending} convention (XXXX = 4-digit "
+                f"channel index). Rename it, e.g. to {name[:-len(file_ending)]}_0000{file_ending}.")
+        identifier, channel = match.group(1), int(match.group(2))
+        if channel >= n_channels:
+            raise UnlabeledDataError(
+                f"{path}: channel {channel:04d}, but dataset.json declares {n_channels} channel(s) "
+                f"(0000..{n_channels - 1:04d}). Remove the extra channel file.")
+        channels_per_case.setdefault(identifier, {})[channel] = path
+    if not channels_per_case:
+        raise UnlabeledDataError(
+            f"No unlabeled scans: {folder} is empty. Add unlabeled images there (named like imagesTr), or "
+            f"train the supervised baseline with -tr nnUNetTrainer.")
+    labeled = set(_labeled_identifiers(raw_dataset_folder, dataset_json))
+    cases = []
+    for identifier, channels in sorted(channels_per_case.items()):
+        missing = [c for c in range(n_channels) if c not in channels]
+        if missing:
+            raise UnlabeledDataError(
+                f"{join(folder, identifier)}_{missing[0]:04d}{file_ending} is missing: every unlabeled case needs "
+                f"all {n_channels} channel(s) of dataset.json. Add the missing channel or remove the case's files.")
+        if identifier in labeled:
+            raise UnlabeledDataError(
+                f"{channels[0]}: identifier '{identifier}' is also a labeled case in imagesTr. Unlabeled "
+                f"identifiers must be distinct: rename the unlabeled scan (e.g. {identifier}_u).")
+        cases.append(UnlabeledCase(identifier, tuple(channels[c] for c in range(n_channels))))
+    return cases
+
+
+def plans_identity(plans: dict, configuration_name: str) -> str:
+    """A digest of everything that determines how a scan is preprocessed for one configuration."""
+    relevant = {'plans': plans, 'configuration': configuration_name}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def source_identity(files: Sequence[str]) -> List[dict]:
+    identities = []
+    for f in files:
+        st = os.stat(f)
+        identities.append({'file': os.path.basename(f), 'size': st.st_size, 'mtime_ns': st.st_mtime_ns})
+    return identities
+
+
+def _write_json_atomically(obj: dict, path: str) -> None:
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_manifest(output_folder: str) -> dict:
+    path = join(output_folder, MANIFEST_NAME)
+    if not os.path.isfile(path):
+        return {'version': MANIFEST_VERSION, 'plans_identity': None, 'cases': {}}
+    try:
+        manifest = load_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        # a manifest is only ever replaced atomically; an unreadable one was damaged from outside, so
+        # everything is redone rather than trusted
+        return {'version': MANIFEST_VERSION, 'plans_identity': None, 'cases': {}}
+    if manifest.get('version') != MANIFEST_VERSION:
+        return {'version': MANIFEST_VERSION, 'plans_identity': None, 'cases': {}}
+    return manifest
+
+
+def _case_files(output_folder: str, identifier: str) -> List[str]:
+    return [join(output_folder, identifier + s) for s in _CASE_FILE_SUFFIXES]
+
+
+def _remove_case_files(output_folder: str, identifier: str) -> None:
+    for f in _case_files(output_folder, identifier) + _case_files(output_folder, _TMP_PREFIX + identifier):
+        if os.path.isfile(f):
+            os.remove(f)
+
+
+def image_dimensionality(properties: dict) -> int:
+    """Axes of the image as stored on disk (2 for a 2D NIfTI, 3 for a volume)."""
+    if 'sitk_stuff' in properties:
+        return len(properties['sitk_stuff']['spacing'])
+    return len(properties['spacing'])
+
+
+def reference_dimensionality(raw_dataset_folder: str, dataset_json: dict, plans_manager: PlansManager) -> int:
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+    first = next(iter(get_filenames_of_train_images_and_targets(raw_dataset_folder, dataset_json).values()))
+    _, props = plans_manager.image_reader_writer_class().read_images(first['images'])
+    return image_dimensionality(props)
+
+
+def preprocess_one_case(case: UnlabeledCase, output_folder: str, plans: dict, configuration_name: str,
+                        dataset_json: dict, expected_dimensionality: int) -> str:
+    """Preprocess one scan into temporary files, then move them into place. Returns the identifier.
+    Raises UnlabeledDataError naming the file when the scan cannot be used."""
+    plans_manager = PlansManager(plans)
+    configuration_manager = plans_manager.get_configuration(configuration_name)
+    reader = plans_manager.image_reader_writer_class()
+    try:
+        _, props = reader.read_images(list(case.image_files))
+    except Exception as e:
+        raise UnlabeledDataError(
+            f"{case.image_files[0]}: cannot be read ({type(e).__name__}: {e}). Replace the file with a valid "
+            f"scan or remove it from {UNLABELED_IMAGES_FOLDER}/.") from e
+    if image_dimensionality(props) != expected_dimensionality:
+        raise UnlabeledDataError(
+            f"{case.image_files[0]}: a {image_dimensionality(props)}D image, but the labeled images of this "
+            f"dataset are {expected_dimensionality}D. Convert it to match or remove it.")
+    tmp = join(output_folder, _TMP_PREFIX + case.identifier)
+    preprocessor = configuration_manager.preprocessor_class(verbose=False)
+    try:
+        preprocessor.run_case_save(tmp, list(case.image_files), None, plans_manager, configuration_manager,
+                                   dataset_json)
+        # unlabeled patches are cropped at random; an empty class_locations lets nnU-Net's own data loader
+        # read these cases unchanged
+        properties = load_pickle(tmp + '.pkl')
+        properties['class_locations'] = {}
+        write_pickle(properties, tmp + '.pkl')
+        for src, dst in zip(_case_files(output_folder, _TMP_PREFIX + case.identifier),
+                            _case_files(output_folder, case.identifier)):
+            os.replace(src, dst)
+    except Exception as e:
+        _remove_case_files(output_folder, case.identifier)
+        if isinstance(e, UnlabeledDataError):
+            raise
+        raise UnlabeledDataError(
+            f"{case.image_files[0]}: preprocessing failed ({type(e).__name__}: {e}). Check the scan (shape, "
+            f"spacing, channels as in imagesTr) or remove it from {UNLABELED_IMAGES_FOLDER}/.") from e
+    return case.identifier
+
+
+def preprocess_unlabeled(dataset_name_or_id, configuration_name: str, plans_identifier: str = 'nnUNetPlans',
+                         num_processes: int = 4, verbose: bool = True) -> str:
+    """Bring ``<data_identifier>_unlabeled/`` up to date with ``imagesUnlabeledTr/`` and the plans.
+    Only missing or stale cases are (re)done; removed scans are dropped. Returns the folder."""
+    dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
+    raw_dataset_folder = join(nnUNet_raw, dataset_name)
+    preprocessed_base = join(nnUNet_preprocessed, dataset_name)
+    plans_file = join(preprocessed_base, plans_identifier + '.json')
+    if not os.path.isfile(plans_file):
+        raise FileNotFoundError(f"{plans_file} not found. Run nnUNetv2_plan_and_preprocess -d {dataset_name_or_id} "
+                                f"first (or pass the right -p).")
+    plans = load_json(plans_file)
+    dataset_json = load_json(join(preprocessed_base, 'dataset.json'))
+    plans_manager = PlansManager(plans)
+    configuration_manager = plans_manager.get_configuration(configuration_name)
+    if configuration_manager.previous_stage_name is not None:
+        raise UnlabeledDataError(
+            f"configuration '{configuration_name}' is a cascade stage; M3HL supports 2d, 3d_fullres and "
+            f"3d_lowres (unlabeled scans have no previous-stage segmentation).")
+    cases = discover_unlabeled_cases(raw_dataset_folder, dataset_json)
+    output_folder = preprocessed_unlabeled_folder(preprocessed_base, configuration_manager.data_identifier)
+    os.makedirs(output_folder, exist_ok=True)
+
+    identity = plans_identity(plans, configuration_name)
+    manifest = load_manifest(output_folder)
+    if manifest['plans_identity'] != identity:
+        manifest = {'version': MANIFEST_VERSION, 'plans_identity': identity, 'cases': {}}
+    current = {c.identifier: c for c in cases}
+    for identifier in list(manifest['cases']):
+        if identifier not in current:
+            del manifest['cases'][identifier]
+            _remove_case_files(output_folder, identifier)
+    todo = []
+    for case in cases:
+        entry = manifest['cases'].get(case.identifier)
+        up_to_date = entry is not None and entry['sources'] == source_identity(case.image_files) and \
+            all(os.path.isfile(f) for f in _case_files(output_folder, case.identifier))
+        if not up_to_date:
+            manifest['cases'].pop(case.identifier, None)
+            todo.append(case)
+    _write_json_atomically(manifest, join(output_folder, MANIFEST_NAME))
+    # leftovers of an interrupted run that no manifest entry vouches for
+    for name in os.listdir(output_folder):
+        if name.startswith(_TMP_PREFIX):
+            os.remove(join(output_folder, name))
+    if verbose:
+        print(f"Unlabeled scans: {len(cases)} found, {len(cases) - len(todo)} up to date, {len(todo)} to preprocess "
+              f"into {output_folder}")
+    if not todo:
+        return output_folder
+
+    expected_dim = reference_dimensionality(raw_dataset_folder, dataset_json, plans_manager)
+    args = [(case, output_folder, plans, configuration_name, dataset_json, expected_dim) for case in todo]
+
+    def record(case: UnlabeledCase) -> None:
+        manifest['cases'][case.identifier] = {'sources': source_identity(case.image_files)}
+        _write_json_atomically(manifest, join(output_folder, MANIFEST_NAME))
+
+    with tqdm(total=len(todo), desc='Preprocessing unlabeled scans', disable=not verbose) as bar:
+        if num_processes <= 1:
+            for a in args:
+                preprocess_one_case(*a)
+                record(a[0])
+                bar.update()
+        else:
+            with multiprocessing.get_context('spawn').Pool(min(num_processes, len(todo))) as pool:
+                pending = {a[0].identifier: (a[0], pool.apply_async(preprocess_one_case, a)) for a in args}
+                while pending:
+                    for identifier in [i for i, (_, r) in pending.items() if r.ready()]:
+                        case, result = pending.pop(identifier)
+                        result.get()  # re-raises the worker's error with its message
+                        record(case)
+                        bar.update()
+                    sleep(0.05)
+    return output_folder
+
+
+def unlabeled_identifiers(output_folder: str) -> List[str]:
+    """The cases that are completely preprocessed (listed in the manifest and present on disk)."""
+    manifest = load_manifest(output_folder)
+    return sorted(i for i in manifest['cases']
+                  if all(os.path.isfile(f) for f in _case_files(output_folder, i)))
+
+
+class UnlabeledDataLoader(nnUNetDataLoader):
+    """nnU-Net's data loader over unlabeled cases: random crops only (no foreground oversampling)."""
+
+    def __init__(self, output_folder: str, batch_size: int, initial_patch_size: Sequence[int],
+                 patch_size: Sequence[int], label_manager: LabelManager, transforms=None):
+        identifiers = unlabeled_identifiers(output_folder)
+        if not identifiers:
+            raise UnlabeledDataError(f"{output_folder} holds no preprocessed unlabeled case; run "
+                                     f"nnUNetv2_m3hl_preprocess_unlabeled first.")
+        dataset = nnUNetDatasetBlosc2(output_folder, identifiers)
+        super().__init__(dataset, batch_size, initial_patch_size, patch_size, label_manager,
+                         oversample_foreground_percent=0.0, transforms=transforms)
+        # without labels every crop is uniformly random, also for datasets with an ignore label
+        self.has_ignore = False
+
+
+def check_configuration_supported(configuration_manager: ConfigurationManager, label_manager: LabelManager) -> None:
+    if label_manager.has_regions:
+        raise UnlabeledDataError("M3HL mixes hard (pseudo-)labels and needs label-based training; this dataset "
+                                 "uses regions. Use nnUNetTrainer for region-based datasets.")
+    if configuration_manager.previous_stage_name is not None:
+        raise UnlabeledDataError("M3HL does not support cascade stages (3d_cascade_fullres); use 2d, 3d_fullres "
+                                 "or 3d_lowres.")
+
+
+def n_proc_split(n_proc_da: int) -> Tuple[int, int]:
+    """Split nnU-Net's data-augmentation worker budget between the labeled and the unlabeled loader
+    (0 = load in the main process)."""
+    if n_proc_da <= 0:
+        return 0, 0
+    return max(1, (n_proc_da + 1) // 2), max(1, n_proc_da // 2)
+
