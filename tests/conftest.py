@@ -1,0 +1,81 @@
+"""Shared fixtures: a private nnU-Net environment, tiny synthetic datasets planned once per session, and
+short M3HL variants in a user folder on nnUNet_extTrainer (as a user's own subclasses would be)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dataset_conversion.synthetic import make_synthetic_dataset
+from nnunetv2_m3hl import trainer_path
+
+BIN = os.path.dirname(sys.executable)
+
+USER_TRAINERS = '''
+import os
+import torch
+from nnunetv2_m3hl.trainers.m3hl_trainer import M3HLTrainer
+
+
+class M3HLTrainer_test(M3HLTrainer):
+    """Short runs for the tests; the epoch count can be raised from the environment to test --c."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = int(os.environ.get('M3HL_TEST_EPOCHS', 1))
+        self.num_iterations_per_epoch = 4
+        self.num_val_iterations_per_epoch = 1
+        self.mixed_sample_png_every = 1
+'''
+
+
+def run_cli(args, env=None, check=True, timeout=900):
+    """Run a console command of the venv; return the completed process (output captured)."""
+    cmd = [os.path.join(BIN, args[0])] + [str(a) for a in args[1:]]
+    proc = subprocess.run(cmd, env=env or os.environ.copy(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope='session')
+def nnunet_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp('nnunet')
+    user_folder = root / 'user_trainers'
+    user_folder.mkdir()
+    (user_folder / 'my_trainers.py').write_text(USER_TRAINERS)
+    env = {
+        'nnUNet_raw': str(root / 'raw'), 'nnUNet_preprocessed': str(root / 'preprocessed'),
+        'nnUNet_results': str(root / 'results'), 'nnUNet_n_proc_DA': '1', 'nnUNet_compile': 'f',
+        'nnUNet_def_n_proc': '2', 'nnUNet_extTrainer': os.pathsep.join([trainer_path(), str(user_folder)]),
+        'OMP_NUM_THREADS': '2',
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield root
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _plan(dataset_id: int, configuration: str, root, n_train: int):
+    name = f'Dataset{dataset_id:03d}_M3HLPhantom'
+    run_cli(['nnUNetv2_plan_and_preprocess', '-d', dataset_id, '-c', configuration, '-np', 2])
+    # one small validation case keeps nnU-Net's post-training validation short
+    split = [{'train': [f'lab_{i:03d}' for i in range(n_train)], 'val': [f'lab_{n_train:03d}']}]
+    (root / 'preprocessed' / name / 'splits_final.json').write_text(json.dumps(split))
+    return name
+
+
+@pytest.fixture(scope='session')
+def planned_2d(nnunet_env):
+    make_synthetic_dataset(str(nnunet_env / 'raw'), 901, n_labeled=4, n_unlabeled=5, n_test=2, shape=(64, 64))
+    return _plan(901, '2d', nnunet_env, 3)
+
+
+@pytest.fixture(scope='session')
+def planned_3d(nnunet_env):
+    make_synthetic_dataset(str(nnunet_env / 'raw'), 902, n_labeled=3, n_unlabeled=3, n_test=1, shape=(32, 32, 32))
+    return _plan(902, '3d_fullres', nnunet_env, 2)

@@ -1,0 +1,70 @@
+import pytest
+import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from torch import nn
+
+from nnunetv2_m3hl.features import FeatureTap, high_level_loss, low_level_loss
+from nnunetv2_m3hl.teacher import make_teacher
+
+
+def build(arch: str, dim: int):
+    conv = nn.Conv2d if dim == 2 else nn.Conv3d
+    norm = nn.InstanceNorm2d if dim == 2 else nn.InstanceNorm3d
+    common = dict(input_channels=1, n_stages=3, features_per_stage=[8, 16, 32], conv_op=conv,
+                  kernel_sizes=3, strides=[1, 2, 2], num_classes=3, n_conv_per_stage_decoder=1,
+                  norm_op=norm, norm_op_kwargs={'affine': True}, nonlin=nn.LeakyReLU, deep_supervision=True)
+    if arch == 'plain':
+        return PlainConvUNet(n_conv_per_stage=1, **common)
+    return ResidualEncoderUNet(n_blocks_per_stage=1, **common)
+
+
+@pytest.mark.parametrize('arch', ['plain', 'resenc'])
+@pytest.mark.parametrize('dim', [2, 3])
+def test_taps_return_bottleneck_and_last_decoder_features(arch, dim):
+    net = build(arch, dim)
+    tap = FeatureTap(net)
+    spatial = (16,) * dim
+    out = net(torch.randn(2, 1, *spatial))
+    high, low = tap.pop()
+    assert high.shape == (2, 32, *(s // 4 for s in spatial))
+    assert low.shape == (2, 8, *spatial)
+    assert out[0].shape == (2, 3, *spatial)
+    with pytest.raises(RuntimeError):
+        tap.pop()  # features are consumed once
+    tap.remove()
+    net(torch.randn(1, 1, *spatial))
+    assert tap.features == {}
+
+
+def test_hl_terms_vanish_for_identical_features_and_not_otherwise():
+    # every mix is compared with both unlabeled images of its couple: all features identical -> zero
+    f = torch.randn(1, 8, 4, 4).repeat(3, 1, 1, 1)
+    assert high_level_loss(f, f.clone()).abs() < 1e-6
+    assert low_level_loss(f, f.clone()) == 0
+    g = torch.randn(3, 8, 4, 4)
+    assert high_level_loss(f, g) > 0.1 and low_level_loss(f, g) > 0.1
+
+
+def test_hl_compares_each_mix_with_both_unlabeled_images_of_its_couple():
+    teacher = torch.randn(2, 4, 3, 3)
+    student = teacher.clone()
+    # student 0 equals teacher 0 and differs from teacher 1: half of its terms are non-zero
+    expected = 0.5 * (torch.nn.functional.l1_loss(student, teacher)
+                      + torch.nn.functional.l1_loss(student, teacher[[1, 0]]))
+    assert torch.allclose(low_level_loss(student, teacher), expected)
+    assert low_level_loss(student, teacher) > 0
+
+
+def test_gradients_reach_the_student_only():
+    student = build('plain', 2)
+    teacher = make_teacher(student)
+    s_tap, t_tap = FeatureTap(student), FeatureTap(teacher)
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        teacher(x + 0.1)
+    t_high, t_low = t_tap.pop()
+    student(x)
+    s_high, s_low = s_tap.pop()
+    (high_level_loss(s_high, t_high) + low_level_loss(s_low, t_low)).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())

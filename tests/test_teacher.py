@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from nnunetv2_m3hl.teacher import (connected_component_ids, ema_update, largest_component_per_class, make_teacher,
+                                   pseudo_labels_from_logits)
+
+
+def reference_lcc(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per class, keep the largest fully connected component (scipy), everything else -> 0."""
+    out = np.zeros_like(labels)
+    structure = np.ones((3,) * labels.ndim)
+    for c in range(1, num_classes):
+        comp, n = ndimage.label(labels == c, structure=structure)
+        if n == 0:
+            continue
+        sizes = np.bincount(comp.ravel())[1:]
+        out[comp == (np.argmax(sizes) + 1)] = c
+    return out
+
+
+def test_keeps_only_the_largest_component_of_each_class():
+    labels = torch.zeros(1, 20, 20, dtype=torch.long)
+    labels[0, 1:4, 1:4] = 1      # 9 voxels
+    labels[0, 10:15, 10:15] = 1  # 25 voxels -> kept
+    labels[0, 1:3, 15:19] = 2    # 8 voxels -> kept
+    labels[0, 17, 1] = 2         # 1 voxel
+    out = largest_component_per_class(labels, 3)
+    expected = torch.zeros_like(labels)
+    expected[0, 10:15, 10:15] = 1
+    expected[0, 1:3, 15:19] = 2
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize('shape', [(6, 24, 24), (3, 12, 12, 12)])
+def test_matches_scipy_on_random_maps(shape):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, shape)
+    # smooth a bit so that components of all sizes appear
+    labels = np.where(rng.random(shape) < 0.35, 0, labels)
+    out = largest_component_per_class(torch.from_numpy(labels), 4).numpy()
+    for i in range(shape[0]):  # every sample (2D slice or 3D volume) on its own
+        ref = reference_lcc(labels[i], 4)
+        # ties may pick another component of the same size: compare per-class sizes, and membership otherwise
+        for c in range(1, 4):
+            assert (out[i] == c).sum() == (ref == c).sum()
+            comp, _ = ndimage.label(labels[i] == c, structure=np.ones((3,) * (len(shape) - 1)))
+            kept = np.unique(comp[out[i] == c])
+            assert len(kept[kept > 0]) <= 1, 'more than one component kept'
+
+
+def test_components_do_not_cross_samples():
+    binary = torch.zeros(2, 4, 4, dtype=torch.bool)
+    binary[0, 3, :] = True
+    binary[1, 0, :] = True
+    ids = connected_component_ids(binary)
+    assert ids[0, 3, 0] != ids[1, 0, 0]
+
+
+def test_all_background_teacher_gives_empty_pseudo_labels():
+    logits = torch.zeros(2, 3, 8, 8)
+    logits[:, 0] = 5
+    probs, hard = pseudo_labels_from_logits(logits)
+    assert hard.shape == (2, 1, 8, 8) and hard.sum() == 0
+    assert torch.allclose(probs.sum(1), torch.ones(2, 8, 8))
+
+
+def test_ema_update_is_exact():
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    teacher = make_teacher(student)
+    for p, q in zip(teacher.state_dict().values(), student.state_dict().values()):
+        assert torch.equal(p, q)
+    t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(torch.randn_like(p))
+    student.train()
+    student(torch.randn(4, 1, 8, 8))  # moves BN running stats and the batch counter
+    ema_update(teacher, student, 0.99)
+    for k, v in teacher.state_dict().items():
+        s = student.state_dict()[k]
+        if v.dtype.is_floating_point:
+            assert torch.allclose(v, 0.99 * t_before[k] + 0.01 * s, atol=1e-7, rtol=0)
+        else:
+            assert torch.equal(v, s)
+    assert all(not p.requires_grad for p in teacher.parameters())
