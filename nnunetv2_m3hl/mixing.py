@@ -122,3 +122,20 @@ def downsample_for_deep_supervision(maps: Sequence[torch.Tensor], scales: Option
         parts = level.split(batch_size, dim=0)
         result.append([p.unsqueeze(1).to(m.dtype) for p, m in zip(parts, maps)])
     return result
+
+
+def make_box_masks(n_masks: int, spatial_shape: Sequence[int], box_fraction: float = 2 / 3,
+                   device: torch.device = torch.device('cpu'), generator: Optional[torch.Generator] = None
+                   ) -> torch.Tensor:
+    """BCP's bidirectional copy-paste mask: one box of ``box_fraction`` of every axis at a random
+    position per mask, shape ``(n_masks, *spatial_shape)``."""
+    masks = torch.ones((n_masks, *spatial_shape), device=device)
+    for axis, size in enumerate(spatial_shape):
+        box = max(1, int(round(box_fraction * size)))
+        start = torch.randint(0, size - box + 1, (n_masks, 1), device=device, generator=generator)
+        position = torch.arange(size, device=device).unsqueeze(0)
+        inside = (position >= start) & (position < start + box)  # (n_masks, size)
+        view = [n_masks] + [1] * len(spatial_shape)
+        view[axis + 1] = size
+        masks = masks * inside.view(view).float()
+    return masks

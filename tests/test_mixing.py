@@ -95,3 +95,15 @@ def test_deep_supervision_downsampling_matches_nnunet_loader(spatial, scales):
             assert torch.equal(t[b], expected_t[level])
             assert torch.equal(s[b], expected_s[level])
     assert len(downsample_for_deep_supervision([targets], None)) == 1
+
+
+@pytest.mark.parametrize('shape', [(30, 24), (12, 9, 15)])
+def test_box_mask_is_one_box_of_two_thirds(shape):
+    from nnunetv2_m3hl.mixing import make_box_masks
+    masks = make_box_masks(6, shape)
+    for m in masks:
+        idx = m.nonzero()
+        lo, hi = idx.min(0).values, idx.max(0).values
+        extent = (hi - lo + 1).tolist()
+        assert extent == [round(2 / 3 * s) for s in shape]
+        assert m.sum() == torch.tensor(extent).prod()  # the bounding box is completely filled

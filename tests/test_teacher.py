@@ -20,26 +20,28 @@ def reference_lcc(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return out
 
 
-def test_keeps_only_the_largest_component_of_each_class():
+@pytest.mark.parametrize('backend', ['torch', 'scipy'])
+def test_keeps_only_the_largest_component_of_each_class(backend):
     labels = torch.zeros(1, 20, 20, dtype=torch.long)
     labels[0, 1:4, 1:4] = 1      # 9 voxels
     labels[0, 10:15, 10:15] = 1  # 25 voxels -> kept
     labels[0, 1:3, 15:19] = 2    # 8 voxels -> kept
     labels[0, 17, 1] = 2         # 1 voxel
-    out = largest_component_per_class(labels, 3)
+    out = largest_component_per_class(labels, 3, backend)
     expected = torch.zeros_like(labels)
     expected[0, 10:15, 10:15] = 1
     expected[0, 1:3, 15:19] = 2
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize('backend', ['torch', 'scipy'])
 @pytest.mark.parametrize('shape', [(6, 24, 24), (3, 12, 12, 12)])
-def test_matches_scipy_on_random_maps(shape):
+def test_matches_scipy_on_random_maps(shape, backend):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, shape)
     # smooth a bit so that components of all sizes appear
     labels = np.where(rng.random(shape) < 0.35, 0, labels)
-    out = largest_component_per_class(torch.from_numpy(labels), 4).numpy()
+    out = largest_component_per_class(torch.from_numpy(labels), 4, backend).numpy()
     for i in range(shape[0]):  # every sample (2D slice or 3D volume) on its own
         ref = reference_lcc(labels[i], 4)
         # ties may pick another component of the same size: compare per-class sizes, and membership otherwise
@@ -50,11 +52,12 @@ def test_matches_scipy_on_random_maps(shape):
             assert len(kept[kept > 0]) <= 1, 'more than one component kept'
 
 
-def test_components_do_not_cross_samples():
+@pytest.mark.parametrize('backend', ['torch', 'scipy'])
+def test_components_do_not_cross_samples(backend):
     binary = torch.zeros(2, 4, 4, dtype=torch.bool)
     binary[0, 3, :] = True
     binary[1, 0, :] = True
-    ids = connected_component_ids(binary)
+    ids = connected_component_ids(binary, backend)
     assert ids[0, 3, 0] != ids[1, 0, 0]
 
 

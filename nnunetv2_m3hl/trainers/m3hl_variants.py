@@ -1,0 +1,65 @@
+"""Ablations, the nearest published baseline, and training-length variants of M3HLTrainer."""
+import torch
+
+from nnunetv2_m3hl.mixing import make_box_masks
+from nnunetv2_m3hl.trainers.m3hl_trainer import M3HLTrainer
+
+
+class M3HLTrainer_noHL(M3HLTrainer):
+    """Mutual mask mix only, no feature consistency."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.high_weight = 0.0
+        self.low_weight = 0.0
+
+
+class M3HLTrainer_noHigh(M3HLTrainer):
+    """Without the bottleneck (high-level) consistency."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.high_weight = 0.0
+
+
+class M3HLTrainer_noLow(M3HLTrainer):
+    """Without the last-decoder (low-level) consistency."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.low_weight = 0.0
+
+
+class M3HLTrainer_noLCC(M3HLTrainer):
+    """Raw argmax pseudo-labels, no largest-connected-component cleanup."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.largest_component = False
+
+
+class M3HLTrainer_BCP(M3HLTrainer):
+    """BCP (Bai et al., CVPR 2023): one bidirectional copy-paste box of 2/3 of each axis instead of
+    block masks, no feature consistency."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.high_weight = 0.0
+        self.low_weight = 0.0
+
+    def make_masks(self, n_masks, spatial_shape, device):
+        return make_box_masks(n_masks, spatial_shape, 2 / 3, device)
+
+
+class M3HLTrainer_250epochs(M3HLTrainer):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 250
+
+
+class M3HLTrainer_500epochs(M3HLTrainer):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 500
+
+
+class M3HLTrainer_2epochs(M3HLTrainer):
+    """A smoke run (like nnU-Net's short trainers): two full epochs."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 2

@@ -1,0 +1,88 @@
+"""The trainer's step in-process on real nnU-Net batches of the tiny 2D dataset."""
+import numpy as np
+import pytest
+import torch
+
+from nnunetv2.run.run_training import get_trainer_from_args
+from nnunetv2_m3hl.checkpointing import load_checkpoint_safely
+from nnunetv2_m3hl.unlabeled import preprocess_unlabeled
+
+
+def make_trainer(planned_2d, name='M3HLTrainer_test'):
+    torch.manual_seed(0)
+    np.random.seed(0)
+    preprocess_unlabeled(901, '2d', num_processes=1, verbose=False)
+    trainer = get_trainer_from_args('901', '2d', 0, name, device=torch.device('cpu'))
+    trainer.initialize()
+    return trainer
+
+
+def batches(trainer):
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    labeled = next(trainer.dataloader_train)
+    unlabeled = next(trainer.dataloader_unlabeled)['data']
+    for loader in (trainer.dataloader_train, trainer.dataloader_val, trainer.dataloader_unlabeled):
+        if hasattr(loader, '_finish'):
+            loader._finish()
+    return labeled, unlabeled
+
+
+def test_loss_falls_and_teacher_follows(nnunet_env, planned_2d):
+    trainer = make_trainer(planned_2d)
+    labeled, unlabeled = batches(trainer)
+    assert unlabeled.shape == labeled['data'].shape
+    teacher_before = [p.clone() for p in trainer.teacher.parameters()]
+    losses = [float(trainer.m3hl_step(labeled['data'], labeled['target'], unlabeled)['loss']) for _ in range(30)]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+    # every parameter the student trained moved the teacher (unused deep-supervision heads stay)
+    student = dict(trainer.network.named_parameters())
+    for (name, t_now), t_before in zip(trainer.teacher.named_parameters(), teacher_before):
+        if not torch.equal(student[name], t_before):
+            assert not torch.equal(t_now, t_before), name
+
+
+@pytest.mark.parametrize('n_labeled,n_unlabeled', [(1, 1), (3, 3), (2, 3)])
+def test_any_batch_size_works(nnunet_env, planned_2d, n_labeled, n_unlabeled):
+    trainer = make_trainer(planned_2d)
+    labeled, unlabeled = batches(trainer)
+    reps_l = -(-n_labeled // labeled['data'].shape[0])
+    reps_u = -(-n_unlabeled // unlabeled.shape[0])
+    x_l = labeled['data'].repeat(reps_l, 1, 1, 1)[:n_labeled]
+    y_l = [t.repeat(reps_l, 1, 1, 1)[:n_labeled] for t in labeled['target']]
+    x_u = unlabeled.repeat(reps_u, 1, 1, 1)[:n_unlabeled]
+    out = trainer.m3hl_step(x_l, y_l, x_u)
+    assert np.isfinite(out['loss']) and out['skipped'] == 0
+
+
+def test_nonfinite_loss_skips_and_then_stops(nnunet_env, planned_2d):
+    trainer = make_trainer(planned_2d)
+    labeled, unlabeled = batches(trainer)
+    trainer.max_consecutive_nonfinite = 3
+    before = [p.clone() for p in trainer.network.parameters()]
+    bad = labeled['data'].clone()
+    bad[:] = float('nan')
+    out = trainer.m3hl_step(bad, labeled['target'], unlabeled)
+    assert out['skipped'] == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.network.parameters()))
+    trainer.m3hl_step(labeled['data'], labeled['target'], unlabeled)  # a good step resets the count
+    trainer.m3hl_step(bad, labeled['target'], unlabeled)
+    trainer.m3hl_step(bad, labeled['target'], unlabeled)
+    with pytest.raises(RuntimeError, match='consecutive steps had a non-finite loss'):
+        trainer.m3hl_step(bad, labeled['target'], unlabeled)
+
+
+def test_checkpoint_round_trip_restores_teacher_bit_for_bit(nnunet_env, planned_2d, tmp_path):
+    trainer = make_trainer(planned_2d)
+    labeled, unlabeled = batches(trainer)
+    for _ in range(2):
+        trainer.m3hl_step(labeled['data'], labeled['target'], unlabeled)
+    path = str(tmp_path / 'checkpoint_latest.pth')
+    trainer.save_checkpoint(path)
+    saved = load_checkpoint_safely(path)
+    other = make_trainer(planned_2d)
+    other.load_checkpoint(path)
+    for k, v in other.teacher.state_dict().items():
+        assert torch.equal(v, saved['m3hl']['teacher_weights'][k])
+    for k, v in other.network.state_dict().items():
+        assert torch.equal(v, saved['network_weights'][k])
+    assert other.optimizer.state_dict()['state'].keys() == trainer.optimizer.state_dict()['state'].keys()
