@@ -1,0 +1,164 @@
+"""The official ACDC release -> an nnU-Net raw dataset with the SSL4MIS semi-supervised protocol.
+
+Input: ``ACDC_ROOT/training/patientXXX/`` with ``Info.cfg``, ``patientXXX_frameYY.nii.gz`` and
+``patientXXX_frameYY_gt.nii.gz`` for the two annotated frames (ED and ES, numbers from ``Info.cfg``).
+Output (DESIGN section 2): labeled patients and the 10 validation patients in ``imagesTr``/``labelsTr``,
+the other train patients in ``imagesUnlabeledTr`` (no label anywhere), the 20 test patients in
+``imagesTs``/``labelsTs``, and ``splits_final.json`` with one fold (train = labeled, val = validation).
+Case identifiers are ``patientXXX_ED`` and ``patientXXX_ES``. Files are copied byte for byte, so the
+geometry and voxel values are those of the release.
+"""
+import json
+import os
+import shutil
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from dataset_conversion.common import ConversionError, building, dataset_folder, safe_join, write_dataset_json
+from dataset_conversion.splits import ACDC_TEST, ACDC_TRAIN_ORDER, ACDC_VALIDATION
+
+DEFAULT_LABELED = 7
+LABELS = {'background': 0, 'RV': 1, 'MYO': 2, 'LV': 3}
+PHASES = ('ED', 'ES')
+
+
+def patient_name(number: int) -> str:
+    return f'patient{number:03d}'
+
+
+def read_info(info_file: str) -> Dict[str, int]:
+    """ED and ES frame numbers of one patient."""
+    if not os.path.isfile(info_file):
+        raise ConversionError(f"{info_file} is missing: every ACDC patient folder needs its Info.cfg (with the ED "
+                              f"and ES frame numbers). Restore it from the official release.")
+    values = {}
+    with open(info_file) as f:
+        for line in f:
+            if ':' in line:
+                key, value = line.split(':', 1)
+                values[key.strip()] = value.strip()
+    try:
+        return {phase: int(float(values[phase])) for phase in PHASES}
+    except (KeyError, ValueError) as e:
+        raise ConversionError(f"{info_file}: no valid 'ED:' and 'ES:' frame numbers ({e}). Restore the file from "
+                              f"the official release.") from e
+
+
+def _geometry(image: sitk.Image):
+    return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+
+
+def check_pair(image_file: str, label_file: str) -> None:
+    """Image and label exist, share their geometry, and the label holds only ACDC's values."""
+    for f in (image_file, label_file):
+        if not os.path.isfile(f):
+            raise ConversionError(f"{f} is missing. Restore it from the official ACDC release.")
+    try:
+        image, label = sitk.ReadImage(image_file), sitk.ReadImage(label_file)
+    except RuntimeError as e:
+        raise ConversionError(f"{image_file} or its label cannot be read ({e}); restore them from the release.") from e
+    mismatches = [(name, a, b) for name, a, b in zip(('size', 'spacing', 'origin', 'direction'),
+                                                    _geometry(image), _geometry(label))
+                  if len(a) != len(b) or not np.allclose(a, b, atol=1e-4)]
+    if mismatches:
+        name, a, b = mismatches[0]
+        raise ConversionError(f"{label_file}: {name} {b} differs from its image {image_file} ({a}). Image and "
+                              f"label must share their geometry.")
+    values = np.unique(sitk.GetArrayViewFromImage(label))
+    unexpected = sorted(set(values.tolist()) - set(LABELS.values()))
+    if unexpected:
+        raise ConversionError(f"{label_file}: unexpected label values {unexpected}; ACDC labels are 0 background, "
+                              f"1 RV, 2 MYO, 3 LV.")
+
+
+def frame_files(training_folder: str, number: int) -> Dict[str, Dict[str, str]]:
+    """{phase: {'image': path, 'label': path}} of one patient, validated."""
+    name = patient_name(number)
+    folder = os.path.join(training_folder, name)
+    if not os.path.isdir(folder):
+        raise ConversionError(f"{folder} is missing: the protocol needs all 100 training patients of ACDC.")
+    frames = read_info(os.path.join(folder, 'Info.cfg'))
+    result = {}
+    for phase in PHASES:
+        stem = os.path.join(folder, f'{name}_frame{frames[phase]:02d}')
+        result[phase] = {'image': stem + '.nii.gz', 'label': stem + '_gt.nii.gz'}
+        check_pair(result[phase]['image'], result[phase]['label'])
+    return result
+
+
+def protocol_split(labeled: Optional[int] = None, labeled_patients: Optional[Sequence[int]] = None
+                   ) -> Dict[str, List[int]]:
+    """Patient numbers per role: labeled, unlabeled, validation, test."""
+    if labeled_patients is not None:
+        chosen = [int(p) for p in labeled_patients]
+        outside = [p for p in chosen if p not in ACDC_TRAIN_ORDER]
+        if outside:
+            raise ConversionError(f"labeled patients {outside} are not in the protocol's 70 training patients (they "
+                                  f"are validation/test patients or do not exist)")
+        if len(set(chosen)) != len(chosen):
+            raise ConversionError(f"labeled patients repeat: {chosen}")
+    else:
+        n = DEFAULT_LABELED if labeled is None else labeled
+        if not 1 <= n <= len(ACDC_TRAIN_ORDER):
+            raise ConversionError(f"--labeled {n}: the protocol has {len(ACDC_TRAIN_ORDER)} training patients; "
+                                  f"choose 1..{len(ACDC_TRAIN_ORDER)}")
+        chosen = list(ACDC_TRAIN_ORDER[:n])
+    return {'labeled': chosen, 'unlabeled': [p for p in ACDC_TRAIN_ORDER if p not in chosen],
+            'validation': list(ACDC_VALIDATION), 'test': list(ACDC_TEST)}
+
+
+def write_splits_final(dataset_name: str, splits: list, raw_folder: str) -> str:
+    """Where nnU-Net reads it (nnUNet_preprocessed/DatasetXXX/); a copy stays in the raw dataset."""
+    with open(os.path.join(raw_folder, 'splits_final.json'), 'w') as f:
+        json.dump(splits, f, indent=1)
+    preprocessed = os.environ.get('nnUNet_preprocessed')
+    if not preprocessed:
+        print(f"nnUNet_preprocessed is not set: copy {raw_folder}/splits_final.json to "
+              f"$nnUNet_preprocessed/{dataset_name}/ before training")
+        return os.path.join(raw_folder, 'splits_final.json')
+    target = os.path.join(preprocessed, dataset_name)
+    os.makedirs(target, exist_ok=True)
+    shutil.copyfile(os.path.join(raw_folder, 'splits_final.json'), os.path.join(target, 'splits_final.json'))
+    return os.path.join(target, 'splits_final.json')
+
+
+def convert_acdc(acdc_root: str, dataset_id: int, labeled: Optional[int] = None,
+                 labeled_patients: Optional[Sequence[int]] = None, name: str = 'ACDC', overwrite: bool = False,
+                 raw_root: Optional[str] = None) -> str:
+    raw_root = raw_root or os.environ.get('nnUNet_raw')
+    if not raw_root:
+        raise ConversionError("nnUNet_raw is not set: export it (the dataset is written there)")
+    training = os.path.join(acdc_root, 'training')
+    if not os.path.isdir(training):
+        raise ConversionError(f"{training} not found: -i must be the ACDC release root holding training/patientXXX/")
+    split = protocol_split(labeled, labeled_patients)
+    # validate every input before anything is written
+    files = {p: frame_files(training, p) for p in tqdm(sorted(sum(split.values(), [])), desc='Checking ACDC')}
+    target = dataset_folder(raw_root, dataset_id, name)
+    with building(target, overwrite) as tmp:
+        for sub in ('imagesTr', 'labelsTr', 'imagesUnlabeledTr', 'imagesTs', 'labelsTs'):
+            os.makedirs(os.path.join(tmp, sub))
+        destinations = {'labeled': ('imagesTr', 'labelsTr'), 'validation': ('imagesTr', 'labelsTr'),
+                        'unlabeled': ('imagesUnlabeledTr', None), 'test': ('imagesTs', 'labelsTs')}
+        jobs = [(p, phase, *destinations[role]) for role, patients in split.items() for p in patients
+                for phase in PHASES]
+        for p, phase, image_dir, label_dir in tqdm(jobs, desc='Writing ACDC'):
+            case = f'{patient_name(p)}_{phase}'
+            shutil.copyfile(files[p][phase]['image'], safe_join(os.path.join(tmp, image_dir), f'{case}_0000.nii.gz'))
+            if label_dir is not None:
+                shutil.copyfile(files[p][phase]['label'], safe_join(os.path.join(tmp, label_dir), f'{case}.nii.gz'))
+        n_training = 2 * (len(split['labeled']) + len(split['validation']))
+        write_dataset_json(tmp, LABELS, n_training, name,
+                           f"ACDC, SSL4MIS protocol: {len(split['labeled'])} labeled patients "
+                           f"({', '.join(map(str, split['labeled']))}), {len(split['unlabeled'])} unlabeled, "
+                           f"{len(split['validation'])} validation, {len(split['test'])} test; ED and ES frames",
+                           channel_names={'0': 'cineMRI'})
+        splits = [{'train': [f'{patient_name(p)}_{ph}' for p in split['labeled'] for ph in PHASES],
+                   'val': [f'{patient_name(p)}_{ph}' for p in split['validation'] for ph in PHASES]}]
+    write_splits_final(os.path.basename(target), splits, target)
+    print(f"{target}: {2 * len(split['labeled'])} labeled + {2 * len(split['validation'])} validation volumes in "
+          f"imagesTr, {2 * len(split['unlabeled'])} unlabeled, {2 * len(split['test'])} test")
+    return target
