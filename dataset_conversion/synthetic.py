@@ -5,14 +5,13 @@ ring (label 3), with random shape, pose, contrast, noise and a smooth bias field
 written as single-slice NIfTI volumes with a large through-plane spacing (999), so that nnU-Net plans
 them as 2D.
 """
-import json
 import os
-import shutil
-import tempfile
 from typing import Dict, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+
+from dataset_conversion.common import building, dataset_folder, write_dataset_json
 
 LABELS = {'background': 0, 'cavity': 1, 'ring': 2, 'crescent': 3}
 
@@ -85,15 +84,9 @@ def make_synthetic_dataset(raw_root: str, dataset_id: int, n_labeled: int, n_unl
     """Write ``Dataset{id}_{name}`` under ``raw_root``; returns its folder. The same seed gives the same
     dataset; unlabeled scans never have labels anywhere in the folder."""
     is_2d = len(shape) == 2
-    target = os.path.join(raw_root, f'Dataset{dataset_id:03d}_{name}')
-    if os.path.exists(target):
-        if not overwrite:
-            raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(target)
-    os.makedirs(raw_root, exist_ok=True)
+    target = dataset_folder(raw_root, dataset_id, name)
     rng = np.random.default_rng(seed)
-    tmp = tempfile.mkdtemp(prefix='.tmp-synthetic-', dir=raw_root)
-    try:
+    with building(target, overwrite) as tmp:
         for sub in ('imagesTr', 'labelsTr', 'imagesUnlabeledTr', 'imagesTs', 'labelsTs'):
             os.makedirs(os.path.join(tmp, sub))
         groups: Dict[str, Tuple[int, str, str]] = {'lab': (n_labeled, 'imagesTr', 'labelsTr'),
@@ -106,13 +99,6 @@ def make_synthetic_dataset(raw_root: str, dataset_id: int, n_labeled: int, n_unl
                 _write(image, os.path.join(tmp, image_dir, f'{case}_0000.nii.gz'), is_2d)
                 if label_dir is not None:
                     _write(label, os.path.join(tmp, label_dir, f'{case}.nii.gz'), is_2d)
-        dataset_json = {'channel_names': {'0': 'MRI'}, 'labels': LABELS, 'numTraining': n_labeled,
-                        'file_ending': '.nii.gz', 'name': name,
-                        'description': f'synthetic cardiac-like phantoms, seed {seed}, shape {list(shape)}'}
-        with open(os.path.join(tmp, 'dataset.json'), 'w') as f:
-            json.dump(dataset_json, f, indent=1)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_dataset_json(tmp, LABELS, n_labeled, name,
+                           f'synthetic cardiac-like phantoms, seed {seed}, shape {list(shape)}')
     return target

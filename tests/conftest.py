@@ -26,6 +26,7 @@ class M3HLTrainer_test(M3HLTrainer):
         self.num_iterations_per_epoch = 4
         self.num_val_iterations_per_epoch = 1
         self.mixed_sample_png_every = 1
+        self.save_every = 1  # a checkpoint_latest.pth after every epoch, for the kill-and-resume test
 '''
 
 

@@ -79,3 +79,23 @@ def test_folders_means_over_cases_then_classes(tmp_path):
     (tmp_path / 'pred' / 'c1.nii.gz').unlink()
     with pytest.raises(FileNotFoundError, match='c1.nii.gz'):
         evaluate_folders(str(tmp_path / 'ref'), str(tmp_path / 'pred'), str(tmp_path / 'm2.json'), verbose=False)
+
+
+@pytest.mark.parametrize('case', ['full', 'single_voxel', 'disconnected', 'empty_reference'])
+def test_edge_masks(case):
+    shape = (6, 7, 8)
+    ref = blob(shape, (3, 3, 4), 2.5)
+    pred = {'full': np.ones(shape, bool),
+            'single_voxel': np.zeros(shape, bool),
+            'disconnected': blob(shape, (1, 1, 1), 1.2) | blob(shape, (4, 5, 6), 1.5)}.get(case)
+    if case == 'single_voxel':
+        pred[3, 3, 4] = True
+    if case == 'empty_reference':
+        pred, ref = ref, np.zeros(shape, bool)
+        m = class_metrics(pred, ref, 'paper')
+        assert m['dice'] == 0 and np.isnan(m['hd95']) and m['empty_reference']
+        return
+    m = class_metrics(pred, ref, 'paper')
+    for key, fn in (('dice', metric.binary.dc), ('jaccard', metric.binary.jc), ('hd95', metric.binary.hd95),
+                    ('asd', metric.binary.asd)):
+        assert np.isclose(m[key], fn(pred, ref)), key
