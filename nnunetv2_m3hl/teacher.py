@@ -34,6 +34,13 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
             t_buf.copy_(s_buf)
 
 
+def broadcast_teacher(teacher: nn.Module, src: int = 0) -> None:
+    """Make every rank's teacher identical to rank ``src``'s (DDP keeps students in sync, not teachers)."""
+    import torch.distributed as dist
+    for t in list(teacher.parameters()) + list(teacher.buffers()):
+        dist.broadcast(t.data, src=src)
+
+
 def _max_pool_same(x: torch.Tensor) -> torch.Tensor:
     """3-wide max over the full neighbourhood (8 in 2D, 26 in 3D), output the size of the input."""
     if x.ndim == 4:

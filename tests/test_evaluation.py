@@ -99,3 +99,17 @@ def test_edge_masks(case):
     for key, fn in (('dice', metric.binary.dc), ('jaccard', metric.binary.jc), ('hd95', metric.binary.hd95),
                     ('asd', metric.binary.asd)):
         assert np.isclose(m[key], fn(pred, ref)), key
+
+
+def test_side_by_side_table(tmp_path):
+    from nnunetv2_m3hl.compare import side_by_side
+    files = []
+    for name, dice in (('metrics_A', 0.9), ('metrics_B', 0.8)):
+        per_class = {'1': {'dice': dice, 'jaccard': 0.5, 'hd95': 2.0, 'asd': 1.0}}
+        path = tmp_path / f'{name}.json'
+        path.write_text(json.dumps({'convention': 'paper', 'labels': [1], 'mean': per_class['1'],
+                                    'per_class': per_class}))
+        files.append(str(path))
+    table = side_by_side(files).splitlines()
+    assert table[0].startswith('| class | A Dice% |') and '| B Dice% |' in table[0]
+    assert table[2] == '| mean | 90.00 | 50.00 | 2.00 | 1.00 | 80.00 | 50.00 | 2.00 | 1.00 |'

@@ -27,7 +27,7 @@ from nnunetv2_m3hl.losses import RegionWeightedDiceCE
 from nnunetv2_m3hl.mixing import downsample_for_deep_supervision, make_block_masks, mutual_mix, \
     number_of_couples
 from nnunetv2_m3hl.progress import M3HLLocalLogger
-from nnunetv2_m3hl.teacher import ema_update, make_teacher, pseudo_labels_from_logits
+from nnunetv2_m3hl.teacher import broadcast_teacher, ema_update, make_teacher, pseudo_labels_from_logits
 from nnunetv2_m3hl.unlabeled import UnlabeledDataLoader, check_configuration_supported, n_proc_split, \
     preprocess_unlabeled, preprocessed_unlabeled_folder, unlabeled_identifiers
 from nnunetv2_m3hl.visualization import save_mixed_sample_png
@@ -130,8 +130,7 @@ class M3HLTrainer(nnUNetTrainer):
                                f"{self._unlabeled_batch_size()} unlabeled patches per step")
         if self.is_ddp:
             # identical teachers on every rank, also after a resume
-            for t in list(self.teacher.parameters()) + list(self.teacher.buffers()):
-                dist.broadcast(t.data, src=0)
+            broadcast_teacher(self.teacher)
 
     def _unlabeled_batch_size(self) -> int:
         return self.unlabeled_batch_size or self.batch_size
