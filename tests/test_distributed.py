@@ -26,7 +26,7 @@ def _worker(rank: int, world_size: int, port: int, result_file: str):
     teacher.apply(lambda m: [p.data.add_(rank) for p in m.parameters(recurse=False)])  # make them differ
     broadcast_teacher(teacher)
     opt = torch.optim.SGD(student.parameters(), lr=0.1)
-    for step in range(3):
+    for _ in range(3):
         x = torch.randn(2, 1, 8, 8) + rank  # every rank sees other data
         opt.zero_grad()
         student(x).pow(2).mean().backward()

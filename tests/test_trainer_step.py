@@ -86,3 +86,21 @@ def test_checkpoint_round_trip_restores_teacher_bit_for_bit(nnunet_env, planned_
     for k, v in other.network.state_dict().items():
         assert torch.equal(v, saved['network_weights'][k])
     assert other.optimizer.state_dict()['state'].keys() == trainer.optimizer.state_dict()['state'].keys()
+
+
+@pytest.mark.parametrize('deep_supervision', [True, False])
+def test_residual_encoder_plans_with_and_without_deep_supervision(nnunet_env, planned_2d, deep_supervision):
+    from conftest import run_cli
+    plans = 'nnUNetResEncUNetMPlans'
+    if not (nnunet_env / 'preprocessed' / planned_2d / f'{plans}_2d').is_dir():
+        run_cli(['nnUNetv2_plan_experiment', '-d', 901, '-pl', 'nnUNetPlannerResEncM'])
+        run_cli(['nnUNetv2_preprocess', '-d', 901, '-plans_name', plans, '-c', '2d', '-np', 1])
+    preprocess_unlabeled(901, '2d', plans, num_processes=1, verbose=False)
+    trainer = get_trainer_from_args('901', '2d', 0, 'M3HLTrainer_test', plans_identifier=plans,
+                                    device=torch.device('cpu'))
+    trainer.enable_deep_supervision = deep_supervision
+    trainer.initialize()
+    assert type(trainer.network).__name__ == 'ResidualEncoderUNet'
+    labeled, unlabeled = batches(trainer)
+    out = trainer.m3hl_step(labeled['data'], labeled['target'], unlabeled)
+    assert np.isfinite(out['loss']) and out['high_loss'] > 0 and out['low_loss'] > 0
