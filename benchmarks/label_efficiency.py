@@ -49,8 +49,9 @@ def main():
     workdir = args.workdir or tempfile.mkdtemp(prefix='m3hl-label-eff-')
     runs = json.load(open(args.o))['runs'] if os.path.isfile(args.o) else []
     done = {(r['n_labeled'], r['seed']) for r in runs}
-    for n in args.labeled:
-        for seed in args.seeds:
+    # seeds outermost: an interrupted benchmark still covers every labeled count
+    for seed in args.seeds:
+        for n in args.labeled:
             if (n, seed) in done:
                 continue
             summary = run_comparison(os.path.join(workdir, f'l{n}_s{seed}'), n, args.unlabeled, args.test,

@@ -1,9 +1,11 @@
-"""EMA teacher, pseudo-labels and the largest-connected-component cleanup (pure torch, any device)."""
+"""EMA teacher, pseudo-labels and the largest-connected-component cleanup (torch on any device; the
+connected components of CPU tensors use scipy, which is faster there)."""
 import copy
 from typing import Tuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -36,7 +38,6 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
 
 def broadcast_teacher(teacher: nn.Module, src: int = 0) -> None:
     """Make every rank's teacher identical to rank ``src``'s (DDP keeps students in sync, not teachers)."""
-    import torch.distributed as dist
     for t in list(teacher.parameters()) + list(teacher.buffers()):
         dist.broadcast(t.data, src=src)
 
