@@ -1,11 +1,11 @@
 """The official ACDC release -> an nnU-Net raw dataset with the SSL4MIS semi-supervised protocol.
 
-Input: ``ACDC_ROOT/training/patientXXX/`` with ``Info.cfg``, ``patientXXX_frameYY.nii.gz`` and
-``patientXXX_frameYY_gt.nii.gz`` for the two annotated frames (ED and ES, numbers from ``Info.cfg``).
+Input: ``ACDC_ROOT/training/patient<NNN>/`` with ``Info.cfg``, ``patient<NNN>_frameYY.nii.gz`` and
+``patient<NNN>_frameYY_gt.nii.gz`` for the two annotated frames (ED and ES, numbers from ``Info.cfg``).
 Output (DESIGN section 2): labeled patients and the 10 validation patients in ``imagesTr``/``labelsTr``,
 the other train patients in ``imagesUnlabeledTr`` (no label anywhere), the 20 test patients in
 ``imagesTs``/``labelsTs``, and ``splits_final.json`` with one fold (train = labeled, val = validation).
-Case identifiers are ``patientXXX_ED`` and ``patientXXX_ES``. Files are copied byte for byte, so the
+Case identifiers are ``patient<NNN>_ED`` and ``patient<NNN>_ES``. Files are copied byte for byte, so the
 geometry and voxel values are those of the release.
 """
 import json
@@ -111,7 +111,7 @@ def protocol_split(labeled: Optional[int] = None, labeled_patients: Optional[Seq
 
 
 def write_splits_final(dataset_name: str, splits: list, raw_folder: str) -> str:
-    """Where nnU-Net reads it (nnUNet_preprocessed/DatasetXXX/); a copy stays in the raw dataset."""
+    """Where nnU-Net reads it (nnUNet_preprocessed/Dataset<ID>/); a copy stays in the raw dataset."""
     with open(os.path.join(raw_folder, 'splits_final.json'), 'w') as f:
         json.dump(splits, f, indent=1)
     preprocessed = os.environ.get('nnUNet_preprocessed')
@@ -133,7 +133,7 @@ def convert_acdc(acdc_root: str, dataset_id: int, labeled: Optional[int] = None,
         raise ConversionError("nnUNet_raw is not set: export it (the dataset is written there)")
     training = os.path.join(acdc_root, 'training')
     if not os.path.isdir(training):
-        raise ConversionError(f"{training} not found: -i must be the ACDC release root holding training/patientXXX/")
+        raise ConversionError(f"{training} not found: -i must be the ACDC release root holding training/patient<NNN>/")
     split = protocol_split(labeled, labeled_patients)
     # validate every input before anything is written
     files = {p: frame_files(training, p) for p in tqdm(sorted(sum(split.values(), [])), desc='Checking ACDC')}

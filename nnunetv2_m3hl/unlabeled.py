@@ -1,7 +1,7 @@
 """Unlabeled scans: discovery and validation of ``imagesUnlabeledTr/``, incremental preprocessing with
 the dataset's own plans and preprocessor, and the data loader.
 
-Preprocessed cases live in ``nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabeled/`` in
+Preprocessed cases live in ``nnUNet_preprocessed/Dataset<ID>/<data_identifier>_unlabeled/`` in
 nnU-Net's storage format. ``m3hl_manifest.json`` there records the identity of the plans and of every
 source file; only cases listed in it are ever read, and a case is listed only after all of its files
 have been moved into place, so an interrupted run is resumed and never half-read.
@@ -80,7 +80,7 @@ def discover_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Lis
         match = pattern.fullmatch(name)
         if match is None:
             raise UnlabeledDataError(
-                f"{path}: the name does not follow nnU-Net's CASE_XXXX{file_ending} convention (XXXX = 4-digit "
+                f"{path}: the name does not follow nnU-Net's CASE_0000{file_ending} convention (a 4-digit "
                 f"channel index). Rename it, e.g. to {name[:-len(file_ending)]}_0000{file_ending}.")
         identifier, channel = match.group(1), int(match.group(2))
         if channel >= n_channels:

@@ -36,7 +36,7 @@ def test_discovers_cases(raw):
 
 @pytest.mark.parametrize('name,message', [
     ('u2_0000.nrrd', 'wrong file ending'),
-    ('u2.nii.gz', 'CASE_XXXX'),
+    ('u2.nii.gz', 'CASE_0000'),
     ('u2_0001.nii.gz', 'channel 0001'),
     ('case_0000.nii.gz', 'also a labeled case'),
 ])
