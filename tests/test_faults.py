@@ -42,7 +42,7 @@ def test_sigkill_mid_epoch_then_resume(nnunet_env, planned_2d):
     assert not (out / 'checkpoint_final.pth').exists(), 'the run finished before it was killed'
     saved = load_checkpoint_safely(str(latest))
     epoch = saved['current_epoch']
-    assert 1 <= epoch < 4
+    assert epoch in (1, 2, 3)  # killed after a saved epoch, before the last one
 
     # the restored state equals the saved one bit for bit
     from nnunetv2.run.run_training import get_trainer_from_args
