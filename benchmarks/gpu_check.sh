@@ -12,6 +12,9 @@ export nnUNet_extTrainer="$PWD/nnunetv2_m3hl/trainers" nnUNet_n_proc_DA=${nnUNet
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, nnunetv2; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
 
+echo "== pseudo-label cleanup (largest connected component) on CUDA, earlier and current form"
+python3 benchmarks/lcc_cost.py --device cuda -o "$out/lcc_cost_cuda.json" 2>&1 | tee "$out/lcc_cost_cuda.log"
+
 echo "== step cost on CUDA (compile off, both trainers alike)"
 nnUNet_compile=f python3 benchmarks/step_cost.py --device cuda --configurations 2d 3d_fullres --steps 20 \
     --workdir "$work" -o "$out/step_cost_cuda.json" 2>&1 | tee "$out/step_cost_cuda.log"

@@ -1,8 +1,8 @@
 """``nnUNetv2_m3hl_demo``: M3HL against plain nnU-Net on a synthetic semi-supervised task, end to end.
 
 Generates cardiac-like phantoms (few labeled, many unlabeled, a labeled test set), plans and preprocesses
-them with nnU-Net, trains M3HLTrainer and nnUNetTrainer with the same budget, predicts the test set,
-evaluates both (the papers' convention) and writes PNG overlays. Everything lives in the output folder,
+them with nnU-Net, trains M3HLTrainer and nnUNetTrainer with the same budget, predicts the test set (with
+M3HL's EMA teacher too), evaluates every prediction (the papers' convention) and writes PNG overlays. Everything lives in the output folder,
 with its own nnUNet_raw / nnUNet_preprocessed / nnUNet_results.
 """
 import argparse
@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 DEMO_DATASET_ID = 990
+TEACHER_SUFFIX = ' (teacher)'
 
 
 def use_nnunet_folders(output_folder: str) -> Dict[str, str]:
@@ -64,13 +65,14 @@ def train(dataset_id: int, trainer_name: str, epochs: int, iterations: int, devi
     return trainer.output_folder
 
 
-def predict(fold_folder: str, input_folder: str, output_folder: str, device: str) -> None:
+def predict(fold_folder: str, input_folder: str, output_folder: str, device: str,
+            checkpoint_name: str = 'checkpoint_final.pth') -> None:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     predictor = nnUNetPredictor(device=torch.device(device), verbose=False, verbose_preprocessing=False,
                                 allow_tqdm=False, perform_everything_on_device=device == 'cuda')
     predictor.initialize_from_trained_model_folder(os.path.dirname(fold_folder), use_folds=(0,),
-                                                   checkpoint_name='checkpoint_final.pth')
+                                                   checkpoint_name=checkpoint_name)
     predictor.predict_from_files(input_folder, output_folder, save_probabilities=False, overwrite=True,
                                  num_processes_preprocessing=1, num_processes_segmentation_export=1)
 
@@ -100,12 +102,19 @@ def save_overlays(raw_dataset: str, predictions: Dict[str, str], output_png: str
     plt.close(fig)
 
 
+def per_case_mean_dice(metrics: dict) -> Dict[str, float]:
+    """Mean Dice over classes of every case of an ``evaluate_folders`` result."""
+    return {case: float(np.mean([m['dice'] for m in per_class.values()]))
+            for case, per_class in metrics['per_case'].items()}
+
+
 def run_comparison(output_folder: str, n_labeled: int, n_unlabeled: int, n_test: int, epochs: int, iterations: int,
                    seed: int, device: str, shape=(96, 96), trainers=('M3HLTrainer', 'nnUNetTrainer'),
                    dataset_id: int = DEMO_DATASET_ID, overlays: bool = True, verbose: bool = True) -> dict:
     """One synthetic task, every trainer with the same budget; returns the metrics per trainer."""
     from dataset_conversion.synthetic import make_synthetic_dataset
     from nnunetv2_m3hl.evaluation import evaluate_folders, format_table
+    from nnunetv2_m3hl.trainers.m3hl_trainer import TEACHER_CHECKPOINT
     from nnunetv2_m3hl.unlabeled import preprocess_unlabeled
     log = print if verbose else (lambda *a, **k: None)
     os.makedirs(output_folder, exist_ok=True)
@@ -126,20 +135,26 @@ def run_comparison(output_folder: str, n_labeled: int, n_unlabeled: int, n_test:
         log(f"[demo] training {trainer_name}: {epochs} epochs x {iterations} iterations on {device}")
         t = time.time()
         fold = train(dataset_id, trainer_name, epochs, iterations, device, seed)
-        predictions[trainer_name] = os.path.join(output_folder, 'predictions', trainer_name)
-        predict(fold, os.path.join(raw, 'imagesTs'), predictions[trainer_name], device)
-        metrics = evaluate_folders(os.path.join(raw, 'labelsTs'), predictions[trainer_name],
-                                   os.path.join(output_folder, f'metrics_{trainer_name}.json'), verbose=False)
-        metrics['train_and_predict_seconds'] = time.time() - t
-        results[trainer_name] = metrics
-        log(f"[demo] {trainer_name}: mean Dice {100 * metrics['mean']['dice']:.2f}%")
-        log(format_table(metrics))
+        # an M3HL fold also holds its EMA teacher, which nnUNetv2_predict -chk can use instead of the student
+        checkpoints = {trainer_name: 'checkpoint_final.pth'}
+        if os.path.isfile(os.path.join(fold, TEACHER_CHECKPOINT)):
+            checkpoints[f'{trainer_name}{TEACHER_SUFFIX}'] = TEACHER_CHECKPOINT
+        for name, checkpoint in checkpoints.items():
+            predictions[name] = os.path.join(output_folder, 'predictions', name)
+            predict(fold, os.path.join(raw, 'imagesTs'), predictions[name], device, checkpoint)
+            metrics = evaluate_folders(os.path.join(raw, 'labelsTs'), predictions[name],
+                                       os.path.join(output_folder, f'metrics_{name}.json'), verbose=False)
+            metrics['train_and_predict_seconds'] = time.time() - t
+            results[name] = metrics
+            log(f"[demo] {name}: mean Dice {100 * metrics['mean']['dice']:.2f}%")
+            log(format_table(metrics))
     if overlays:
         save_overlays(raw, predictions, os.path.join(output_folder, 'overlays.png'))
     summary = {'settings': {'n_labeled': n_labeled, 'n_unlabeled': n_unlabeled, 'n_test': n_test, 'epochs': epochs,
                             'iterations': iterations, 'seed': seed, 'device': device, 'shape': list(shape)},
                'mean_dice': {k: v['mean']['dice'] for k, v in results.items()},
                'per_class_dice': {k: {c: m['dice'] for c, m in v['per_class'].items()} for k, v in results.items()},
+               'per_case_dice': {k: per_case_mean_dice(v) for k, v in results.items()},
                'seconds': time.time() - t0}
     with open(os.path.join(output_folder, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=1)

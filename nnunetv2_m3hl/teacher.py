@@ -1,7 +1,7 @@
 """EMA teacher, pseudo-labels and the largest-connected-component cleanup (torch on any device; the
 connected components of CPU tensors use scipy, which is faster there)."""
 import copy
-from typing import Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -75,23 +75,75 @@ def _component_ids_scipy(binary: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(ids.astype(np.int64)).to(binary.device)
 
 
-def _component_ids_torch(binary: torch.Tensor, check_every: int = 4) -> torch.Tensor:
-    """Propagate the largest voxel index through each component until nothing changes."""
-    n = binary.shape[0]
-    spatial = binary.shape[1:]
-    fg = binary.bool().unsqueeze(1)
-    n_vox = fg[0].numel()
-    # float32 represents integers exactly only up to 2**24; use float64 where the batch is larger
-    dtype = torch.float32 if n * n_vox < 2 ** 24 else torch.float64
-    ids = torch.arange(1, n * n_vox + 1, device=binary.device, dtype=dtype).view(n, 1, *spatial)
-    ids = torch.where(fg, ids, torch.zeros((), device=binary.device, dtype=dtype))
+def _propagation_dtype(n_vox: int) -> torch.dtype:
+    # float32 represents the voxel indices exactly only up to 2**24
+    return torch.float32 if n_vox < 2 ** 24 else torch.float64
+
+
+def _propagate_max_index(fg: torch.Tensor, check_every: int = 4, pointer_jumping: bool = True
+                         ) -> Tuple[torch.Tensor, int]:
+    """Label propagation on ``fg`` ``(N, C, *spatial)``, every (sample, channel) on its own: each
+    foreground voxel ends with the largest 1-based voxel index of its component (0 on background).
+
+    Max-pooling moves a label one voxel per iteration. Pointer jumping lets a voxel take over the label
+    that the voxel its label points at holds by now, which is always as large (labels only grow and a
+    voxel's label is at least its own index) and in the same component, so labels travel along long
+    components in far fewer iterations. Returns the labels and the number of iterations run.
+    """
+    n, c = fg.shape[:2]
+    spatial = fg.shape[2:]
+    n_vox = fg[0, 0].numel()
+    dtype = _propagation_dtype(n_vox)
+    index = torch.arange(1, n_vox + 1, device=fg.device, dtype=dtype).view(1, 1, *spatial)
+    ids = torch.where(fg, index, torch.zeros((), device=fg.device, dtype=dtype))
+    flat_shape = (n * c, n_vox)
+    iterations = 0
     while True:
         previous = ids
         for _ in range(check_every):
-            ids = torch.where(fg, _max_pool_same(ids), ids)
-        if torch.equal(ids, previous):
-            break
-    return ids[:, 0].long()
+            ids = torch.where(fg, _max_pool_same(ids.view(n, c, *spatial)), ids)
+            if pointer_jumping:
+                pointer = (ids.view(flat_shape) - 1).clamp_(min=0).long()
+                ids = torch.where(fg, ids.view(flat_shape).gather(1, pointer).view_as(ids), ids)
+        iterations += check_every
+        if torch.equal(ids, previous):  # the only host synchronisation of the loop
+            return ids, iterations
+
+
+def _component_ids_torch(binary: torch.Tensor, check_every: int = 4) -> torch.Tensor:
+    n, n_vox = binary.shape[0], binary[0].numel()
+    local, _ = _propagate_max_index(binary.bool().unsqueeze(1), check_every)
+    # per-sample indices -> ids unique across the batch
+    offset = torch.arange(n, device=binary.device).view(n, *([1] * (binary.ndim - 1))) * n_vox
+    local = local[:, 0].long()
+    return torch.where(local > 0, local + offset, local)
+
+
+def _keep_largest_torch(labels: torch.Tensor, classes: List[int], max_elements: int = 2 ** 25,
+                        pointer_jumping: bool = True) -> Tuple[torch.Tensor, int]:
+    """Largest component of every listed class in one propagation (one channel per class); classes are
+    taken in chunks so that the channels fit ``max_elements``. Returns the mask of kept voxels and the
+    number of propagation iterations run."""
+    n, n_vox = labels.shape[0], labels[0].numel()
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    chunk = max(1, max_elements // (n * n_vox))
+    iterations = 0
+    for first in range(0, len(classes), chunk):
+        cls = torch.tensor(classes[first:first + chunk], device=labels.device)
+        fg = labels.unsqueeze(1) == cls.view(1, -1, *([1] * (labels.ndim - 1)))  # (N, C, *spatial)
+        ids, its = _propagate_max_index(fg, pointer_jumping=pointer_jumping)
+        iterations += its
+        ids = ids.long().view(-1, n_vox)                                          # (N * C, n_vox)
+        groups = ids.shape[0]
+        key = ids + torch.arange(groups, device=labels.device).view(-1, 1) * (n_vox + 1)
+        sizes = torch.bincount(key.flatten(), minlength=groups * (n_vox + 1)).view(groups, n_vox + 1)
+        sizes[:, 0] = 0
+        # one winner per (sample, class): the largest component, the one with the larger id among equals
+        # (argmax returns the first maximum, so search the reversed sizes)
+        winner = n_vox - sizes.flip(1).argmax(dim=1, keepdim=True)
+        kept = (ids == winner) & (ids > 0)
+        keep |= kept.view(n, -1, n_vox).any(dim=1).view_as(labels)
+    return keep, iterations
 
 
 @torch.no_grad()
@@ -100,26 +152,28 @@ def largest_component_per_class(labels: torch.Tensor, num_classes: int, backend:
     voxels of the other components become background (0).
 
     ``labels``: ``(N, *spatial)`` integer map; each entry of N is handled on its own (pass 2D
-    slices as N for per-slice cleanup). Ties are broken towards the later component.
+    slices as N for per-slice cleanup). Among components of equal size the one with the later voxels is kept.
     """
-    n = labels.shape[0]
-    n_vox = labels[0].numel()
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    sample_of_voxel = torch.arange(n, device=labels.device).repeat_interleave(n_vox)
-    for c in range(1, num_classes):
-        is_c = labels == c
-        if not bool(is_c.any()):
-            continue
-        ids = connected_component_ids(is_c, backend).flatten()
-        sizes = torch.bincount(ids, minlength=n * n_vox + 1)
-        sizes[0] = 0
-        # rank components by size, then id, in one integer so that a per-sample max picks one winner
-        score = sizes[ids] * (n * n_vox + 1) + ids
-        score = torch.where(ids > 0, score, torch.zeros_like(score))
-        best = torch.zeros(n, dtype=score.dtype, device=labels.device)
-        best = best.scatter_reduce(0, sample_of_voxel, score, reduce='amax')
-        winner_id = best % (n * n_vox + 1)
-        keep |= ((ids == winner_id[sample_of_voxel]) & (ids > 0)).view_as(labels)
+    if backend == 'auto':
+        backend = 'scipy' if labels.device.type == 'cpu' else 'torch'
+    voxels_per_class = torch.bincount(labels.flatten().long(), minlength=num_classes)
+    present = voxels_per_class[1:num_classes].nonzero().flatten().add(1).tolist()  # one host synchronisation
+    if backend == 'torch':
+        keep, _ = _keep_largest_torch(labels, present)
+    else:
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        n, n_vox = labels.shape[0], labels[0].numel()
+        sample_of_voxel = torch.arange(n, device=labels.device).repeat_interleave(n_vox)
+        for c in present:
+            ids = connected_component_ids(labels == c, backend).flatten()
+            sizes = torch.bincount(ids, minlength=n * n_vox + 1)
+            sizes[0] = 0
+            score = sizes[ids] * (n * n_vox + 1) + ids
+            score = torch.where(ids > 0, score, torch.zeros_like(score))
+            best = torch.zeros(n, dtype=score.dtype, device=labels.device)
+            best = best.scatter_reduce(0, sample_of_voxel, score, reduce='amax')
+            winner_id = best % (n * n_vox + 1)
+            keep |= ((ids == winner_id[sample_of_voxel]) & (ids > 0)).view_as(labels)
     return torch.where(keep, labels, torch.zeros_like(labels))
 
 

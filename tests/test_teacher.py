@@ -3,8 +3,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from nnunetv2_m3hl.teacher import (connected_component_ids, ema_update, largest_component_per_class, make_teacher,
-                                   pseudo_labels_from_logits)
+from nnunetv2_m3hl.teacher import (_keep_largest_torch, _propagate_max_index, connected_component_ids, ema_update,
+                                   largest_component_per_class, make_teacher, pseudo_labels_from_logits)
 
 
 def reference_lcc(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -89,3 +89,34 @@ def test_ema_update_is_exact():
         else:
             assert torch.equal(v, s)
     assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def serpentine(size: int = 33) -> torch.Tensor:
+    """One component, a path that winds through the whole image: the longest distance for labels to travel."""
+    fg = torch.zeros(1, 1, size, size, dtype=torch.bool)
+    fg[0, 0, ::2, :] = True
+    fg[0, 0, 1::4, -1] = True
+    fg[0, 0, 3::4, 0] = True
+    return fg
+
+
+def test_pointer_jumping_gives_the_same_labels_in_far_fewer_iterations():
+    fg = serpentine()
+    pooled, pooling_iterations = _propagate_max_index(fg, pointer_jumping=False)
+    jumped, jumping_iterations = _propagate_max_index(fg, pointer_jumping=True)
+    assert torch.equal(pooled, jumped)
+    assert set(jumped.unique().tolist()) == {0, fg.numel()}  # one component, labelled with its largest index
+    assert pooling_iterations > 10 * jumping_iterations, (pooling_iterations, jumping_iterations)
+
+
+@pytest.mark.parametrize('max_elements', [1, 2 ** 25])
+def test_all_classes_at_once_or_in_chunks_match_scipy(max_elements):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, (4, 20, 20))
+    labels = np.where(rng.random(labels.shape) < 0.3, 0, labels)
+    keep, _ = _keep_largest_torch(torch.from_numpy(labels), [1, 2, 3], max_elements)
+    out = np.where(keep.numpy(), labels, 0)
+    for i in range(labels.shape[0]):
+        ref = reference_lcc(labels[i], 4)
+        for c in range(1, 4):
+            assert (out[i] == c).sum() == (ref == c).sum()

@@ -104,3 +104,28 @@ def test_residual_encoder_plans_with_and_without_deep_supervision(nnunet_env, pl
     labeled, unlabeled = batches(trainer)
     out = trainer.m3hl_step(labeled['data'], labeled['target'], unlabeled)
     assert np.isfinite(out['loss']) and out['high_loss'] > 0 and out['low_loss'] > 0
+
+
+def test_supervised_warmup_then_teacher_starts_from_the_student(nnunet_env, planned_2d):
+    trainer = make_trainer(planned_2d)
+    labeled, unlabeled = batches(trainer)
+    trainer.num_epochs = 4
+    trainer.supervised_warmup_fraction = 0.25
+    assert trainer.supervised_warmup_epochs == 1
+    teacher_before = [p.clone() for p in trainer.teacher.parameters()]
+    student_before = [p.clone() for p in trainer.network.parameters()]
+    trainer.dataloader_unlabeled = None  # the warm-up must not touch unlabeled data
+    trainer.current_epoch = 0
+    trainer.on_train_epoch_start()
+    out = trainer.train_step(labeled)
+    assert np.isfinite(out['loss']) and np.isnan(out['mix_loss']) and np.isnan(out['pseudo_fg'])
+    assert not all(torch.equal(a, b) for a, b in zip(student_before, trainer.network.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(teacher_before, trainer.teacher.parameters()))
+
+    trainer.current_epoch = 1
+    trainer.on_train_epoch_start()
+    student = trainer.network.state_dict()
+    assert all(torch.equal(v, student[k]) for k, v in trainer.teacher.state_dict().items())
+    trainer.dataloader_unlabeled = iter([{'data': unlabeled}])
+    out = trainer.train_step(labeled)
+    assert np.isfinite(out['mix_loss']) and np.isfinite(out['high_loss'])

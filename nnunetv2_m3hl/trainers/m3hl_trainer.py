@@ -66,6 +66,9 @@ class M3HLTrainer(nnUNetTrainer):
         self.low_weight = 1.0
         self.largest_component = True
         self.unlabeled_batch_size = None  # None: the labeled batch size of this rank
+        # share of the epochs trained on the labeled data alone before mixing starts (the pre-training stage
+        # of BCP and the M3HL reference); the teacher then starts as a copy of that student
+        self.supervised_warmup_fraction = 0.0
         # robustness and diagnostics
         self.max_consecutive_nonfinite = 20
         self.mixed_sample_png_every = 50  # epochs; 0 disables
@@ -80,7 +83,14 @@ class M3HLTrainer(nnUNetTrainer):
     def m3hl_settings(self) -> dict:
         return {k: getattr(self, k) for k in (
             'blocks_per_axis', 'masked_ratio', 'u_weight', 'ema_decay', 'high_weight', 'low_weight',
-            'largest_component', 'unlabeled_batch_size')}
+            'largest_component', 'unlabeled_batch_size', 'supervised_warmup_fraction')}
+
+    @property
+    def supervised_warmup_epochs(self) -> int:
+        return int(self.supervised_warmup_fraction * self.num_epochs + 0.5)
+
+    def in_supervised_warmup(self) -> bool:
+        return self.current_epoch < self.supervised_warmup_epochs
 
     def make_masks(self, n_masks: int, spatial_shape, device: torch.device) -> torch.Tensor:
         """Couple masks; variants override this to change the mixing pattern."""
@@ -161,12 +171,28 @@ class M3HLTrainer(nnUNetTrainer):
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
+        if self.supervised_warmup_epochs and self.current_epoch == self.supervised_warmup_epochs:
+            # the student is identical on every rank, so are these copies
+            self.teacher.load_state_dict(unwrap_network(self.network).state_dict())
+            self.print_to_log_file(f"supervised warm-up done after {self.current_epoch} epochs: the teacher starts "
+                                   f"as a copy of the student, mixing starts")
         every = self.mixed_sample_png_every
-        self._capture_example = bool(every) and (self.current_epoch + 1) % every == 0 and self.local_rank == 0
+        self._capture_example = bool(every) and (self.current_epoch + 1) % every == 0 and self.local_rank == 0 \
+            and not self.in_supervised_warmup()
 
     def train_step(self, batch: dict) -> dict:
+        if self.in_supervised_warmup():
+            return self.supervised_step(batch)
         unlabeled = next(self.dataloader_unlabeled)['data']
         return self.m3hl_step(batch['data'], batch['target'], unlabeled)
+
+    def supervised_step(self, batch: dict) -> dict:
+        """nnU-Net's own step on the labeled batch (the warm-up); the M3HL terms are logged as absent."""
+        out = super().train_step(batch)
+        self.student_tap.features.clear()
+        nan = np.array(np.nan)
+        return {'loss': out['loss'], 'mix_loss': nan, 'high_loss': nan, 'low_loss': nan, 'pseudo_fg': nan,
+                'skipped': np.array(0.0)}
 
     def _autocast(self):
         return autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context()

@@ -46,6 +46,13 @@ class M3HLTrainer_BCP(M3HLTrainer):
         return make_box_masks(n_masks, spatial_shape, 2 / 3, device)
 
 
+class M3HLTrainer_warmup(M3HLTrainer):
+    """The first fifth of the epochs supervised only (BCP's pre-training stage), then M3HL from that model."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.supervised_warmup_fraction = 0.2
+
+
 class M3HLTrainer_250epochs(M3HLTrainer):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)

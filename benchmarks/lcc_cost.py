@@ -1,0 +1,120 @@
+"""Cost of the largest-connected-component cleanup of pseudo-labels with the torch backend (the one
+used on GPUs), against its earlier form, on the same label maps.
+
+    python benchmarks/lcc_cost.py --device cuda -o benchmarks/results/lcc_cost_cuda.json
+    python benchmarks/lcc_cost.py --device cpu  -o benchmarks/results/lcc_cost_cpu.json
+
+Three forms of the same algorithm (label propagation by 3x3(x3) max-pooling, a convergence check
+with one host synchronisation every 4 iterations):
+  per class, pooling only           one propagation per class (the earlier implementation)
+  all classes, pooling only         one propagation, one channel per class
+  all classes, pointer jumping      the same plus pointer jumping (the current implementation)
+Label maps: 'noisy' = smoothed random fields split into 4 classes (an untrained teacher: many
+components with long, ragged borders), 'phantom' = the synthetic task's label maps (a trained teacher).
+Reported: propagation iterations (device independent) and the median time per call; on the CPU also
+scipy.ndimage.label (what the trainer uses there).
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dataset_conversion.synthetic import make_phantom  # noqa: E402
+from nnunetv2_m3hl.teacher import _keep_largest_torch, largest_component_per_class  # noqa: E402
+
+CASES = {  # name: (batch, spatial shape); 2D maps are cleaned per slice, as the trainer does
+    '2d 256x224, batch 12': (12, (256, 224)),
+    '3d 64^3, batch 2': (2, (64, 64, 64)),
+    '3d 112x112x80, batch 4': (4, (80, 112, 112)),
+}
+NUM_CLASSES = 4
+
+
+def noisy_labels(batch: int, shape, rng: np.random.Generator) -> np.ndarray:
+    fields = rng.normal(size=(batch, NUM_CLASSES) + tuple(shape))
+    sigma = (0, 0) + (max(1.0, min(shape) / 24),) * len(shape)
+    return ndimage.gaussian_filter(fields, sigma).argmax(1)
+
+
+def phantom_labels(batch: int, shape, rng: np.random.Generator) -> np.ndarray:
+    return np.stack([make_phantom(shape, rng)[1] for _ in range(batch)]).astype(np.int64)
+
+
+def timed(fn, device: torch.device, repeats: int):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        result = fn()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), result
+
+
+def measure(labels: torch.Tensor, device: torch.device, repeats: int) -> dict:
+    present = [c for c in range(1, NUM_CLASSES) if bool((labels == c).any())]
+
+    def per_class():
+        results = [_keep_largest_torch(labels, [c], pointer_jumping=False) for c in present]
+        return sum(r[1] for r in results), results
+
+    forms = {
+        'per class, pooling only': per_class,
+        'all classes, pooling only': lambda: _keep_largest_torch(labels, present, pointer_jumping=False)[::-1],
+        'all classes, pointer jumping': lambda: _keep_largest_torch(labels, present, pointer_jumping=True)[::-1],
+    }
+    out = {}
+    for name, fn in forms.items():
+        seconds, (iterations, _) = timed(fn, device, repeats)
+        out[name] = {'seconds': seconds, 'iterations': iterations}
+    if device.type == 'cpu':
+        seconds, _ = timed(lambda: largest_component_per_class(labels, NUM_CLASSES, 'scipy'), device, repeats)
+        out['scipy.ndimage.label'] = {'seconds': seconds, 'iterations': None}
+    # every form keeps the same voxels
+    reference = _keep_largest_torch(labels, present, pointer_jumping=False)[0]
+    assert torch.equal(_keep_largest_torch(labels, present)[0], reference)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--repeats', type=int, default=5)
+    p.add_argument('--cases', nargs='+', default=list(CASES), choices=list(CASES))
+    p.add_argument('-o', default='lcc_cost.json')
+    args = p.parse_args()
+    device = torch.device(args.device)
+    rng = np.random.default_rng(0)
+    results = []
+    for case in args.cases:
+        batch, shape = CASES[case]
+        for kind, make in (('noisy', noisy_labels), ('phantom', phantom_labels)):
+            labels = torch.from_numpy(make(batch, shape, rng)).to(device)
+            for form, r in measure(labels, device, args.repeats).items():
+                results.append({'case': case, 'labels': kind, 'form': form, **r})
+                print(f"{case:24s} {kind:8s} {form:30s} {r['seconds'] * 1000:9.1f} ms  "
+                      f"iterations {r['iterations']}", flush=True)
+    meta = {'device': str(device), 'torch': torch.__version__,
+            'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
+            'repeats': args.repeats}
+    with open(args.o + '.tmp', 'w') as f:
+        json.dump({'settings': meta, 'results': results}, f, indent=1)
+    os.replace(args.o + '.tmp', args.o)
+    print('\n| case | labels | form | iterations | ms per call |\n|---|---|---|---|---|')
+    for r in results:
+        print(f"| {r['case']} | {r['labels']} | {r['form']} | {r['iterations'] if r['iterations'] else ''} | "
+              f"{r['seconds'] * 1000:.1f} |")
+
+
+if __name__ == '__main__':
+    main()
