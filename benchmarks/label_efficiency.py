@@ -58,9 +58,9 @@ def format_summary(rows: list) -> str:
     for r in rows:
         gain = '' if r['model'] == BASELINE or r['gain_points'] is None else \
             f"{r['gain_points']:+.2f} ± {r['gain_std_points']:.2f}"
-        cases = '| | | |' if 'wilcoxon_p' not in r else \
-            f"| {r['paired_cases']} | {r['case_gain_median_points']:+.2f} | {r['cases_better']} / {r['cases_worse']} | " \
-            f"{r['wilcoxon_p']:.3g} |"
+        cases = '| | | | |' if 'wilcoxon_p' not in r else \
+            f"| {r['paired_cases']} | {r['case_gain_median_points']:+.2f} | " \
+            f"{r['cases_better']} / {r['cases_worse']} | {r['wilcoxon_p']:.3g} |"
         lines.append(f"| {r['n_labeled']} | {r['model']} | {r['seeds']} | {100 * r['dice_mean']:.2f} ± "
                      f"{100 * r['dice_std']:.2f} | {gain} {cases}")
     return '\n'.join(lines)
@@ -73,7 +73,7 @@ def merge_run(runs: list, run: dict) -> None:
             added = sorted(set(run['mean_dice']) - set(r['mean_dice']))
             for key in ('mean_dice', 'per_class_dice', 'per_case_dice'):
                 r.setdefault(key, {}).update(run.get(key, {}))
-            if added:
+            if added and 'seconds' in run:
                 r.setdefault('seconds_of_later_calls', {})[', '.join(added)] = run['seconds']
             return
     runs.append(run)
@@ -130,10 +130,11 @@ def trained_folds(folder: str, models) -> dict:
     return found
 
 
-def retest(workdir: str, runs: list, n_test: int, device: str) -> list:
-    """Score every trained model of ``runs`` (still in ``workdir``) on a larger test set of the same seed.
-    The synthetic generator draws test cases last, so the training data and the first test cases are the
-    ones the models were measured on; this is checked before anything is predicted."""
+def retest(workdir: str, runs: list, n_test: int, device: str, done: list) -> list:
+    """Score every trained model of ``runs`` (still in ``workdir``) on a larger test set of the same seed,
+    except those already in ``done`` (earlier retest runs). The synthetic generator draws test cases last,
+    so the training data and the first test cases are the ones the models were measured on; this is checked
+    before anything is predicted."""
     import SimpleITK as sitk
     from dataset_conversion.synthetic import make_synthetic_dataset
     from nnunetv2_m3hl.demo import DEMO_DATASET_ID, per_case_mean_dice, predict, use_nnunet_folders
@@ -153,7 +154,9 @@ def retest(workdir: str, runs: list, n_test: int, device: str) -> list:
                 raise RuntimeError(f'{folder}: the regenerated dataset differs from the one trained on')
         run = {'n_labeled': r['n_labeled'], 'seed': r['seed'], 'settings': dict(settings, n_test=n_test),
                'mean_dice': {}, 'per_class_dice': {}, 'per_case_dice': {}}
-        for name, (fold, checkpoint) in trained_folds(folder, r['mean_dice']).items():
+        scored = next((set(d['mean_dice']) for d in done if (d['n_labeled'], d['seed']) == (r['n_labeled'], r['seed'])),
+                      set())
+        for name, (fold, checkpoint) in trained_folds(folder, [m for m in r['mean_dice'] if m not in scored]).items():
             predictions = os.path.join(folder, f'retest{n_test}', 'predictions', name)
             predict(fold, os.path.join(raw, 'imagesTs'), predictions, device, checkpoint)
             metrics = evaluate_folders(os.path.join(raw, 'labelsTs'), predictions,
@@ -217,9 +220,10 @@ def main():
     if args.retest:
         if args.workdir is None:
             sys.exit('--retest needs the --workdir of the earlier runs')
-        retested = retest(args.workdir, [r for r in runs if r['n_labeled'] in args.labeled and r['seed'] in args.seeds],
-                          args.retest, args.device)
         path = f"{os.path.splitext(args.o)[0]}_test{args.retest}.json"
+        done = json.load(open(path))['runs'] if os.path.isfile(path) else []
+        retested = retest(args.workdir, [r for r in runs if r['n_labeled'] in args.labeled and r['seed'] in args.seeds],
+                          args.retest, args.device, done)
         write_result(path, dict(vars(args), test=args.retest), retested)
         print(format_summary(summarize(json.load(open(path))['runs'])))
         return

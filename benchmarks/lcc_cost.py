@@ -48,7 +48,8 @@ def phantom_labels(batch: int, shape, rng: np.random.Generator) -> np.ndarray:
 
 
 def timed(fn, device: torch.device, repeats: int):
-    fn()  # warm-up
+    if device.type == 'cuda':
+        fn()  # kernel selection and allocator warm-up
     times = []
     for _ in range(repeats):
         if device.type == 'cuda':

@@ -2,8 +2,8 @@
 
 Generates cardiac-like phantoms (few labeled, many unlabeled, a labeled test set), plans and preprocesses
 them with nnU-Net, trains M3HLTrainer and nnUNetTrainer with the same budget, predicts the test set (with
-M3HL's EMA teacher too), evaluates every prediction (the papers' convention) and writes PNG overlays. Everything lives in the output folder,
-with its own nnUNet_raw / nnUNet_preprocessed / nnUNet_results.
+M3HL's EMA teacher too), evaluates every prediction (the papers' convention) and writes PNG overlays.
+Everything lives in the output folder, with its own nnUNet_raw / nnUNet_preprocessed / nnUNet_results.
 """
 import argparse
 import json
