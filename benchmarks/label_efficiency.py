@@ -84,21 +84,14 @@ def complete_from_workdir(workdir: str, runs: list, device: str) -> None:
     of the M3HL folds still in ``workdir`` and read the per-case Dice from the metrics files there."""
     from nnunetv2_m3hl.demo import TEACHER_SUFFIX, per_case_mean_dice, predict, use_nnunet_folders
     from nnunetv2_m3hl.evaluation import evaluate_folders
-    from nnunetv2_m3hl.trainers.m3hl_trainer import TEACHER_CHECKPOINT
     for r in runs:
         folder = os.path.join(workdir, f"l{r['n_labeled']}_s{r['seed']}")
-        results = os.path.join(folder, 'nnUNet_results')
-        datasets = os.listdir(results) if os.path.isdir(results) else []
-        for trainer in [t for t in r['mean_dice'] if t != BASELINE and TEACHER_SUFFIX not in t]:
-            name = f'{trainer}{TEACHER_SUFFIX}'
-            folds = [os.path.join(results, d, f'{trainer}__nnUNetPlans__2d', 'fold_0') for d in datasets]
-            folds = [f for f in folds if os.path.isfile(os.path.join(f, TEACHER_CHECKPOINT))]
-            if name in r['mean_dice'] or not folds:
-                continue
+        teachers = [f'{t}{TEACHER_SUFFIX}' for t in r['mean_dice'] if t != BASELINE and TEACHER_SUFFIX not in t]
+        for name, (fold, checkpoint) in trained_folds(folder, [t for t in teachers if t not in r['mean_dice']]).items():
             use_nnunet_folders(folder)
-            raw = os.path.join(folder, 'nnUNet_raw', os.path.basename(os.path.dirname(os.path.dirname(folds[0]))))
+            raw = os.path.join(folder, 'nnUNet_raw', os.path.basename(os.path.dirname(os.path.dirname(fold))))
             predictions = os.path.join(folder, 'predictions', name)
-            predict(folds[0], os.path.join(raw, 'imagesTs'), predictions, device, TEACHER_CHECKPOINT)
+            predict(fold, os.path.join(raw, 'imagesTs'), predictions, device, checkpoint)
             metrics = evaluate_folders(os.path.join(raw, 'labelsTs'), predictions,
                                        os.path.join(folder, f'metrics_{name}.json'), verbose=False)
             r['mean_dice'][name] = metrics['mean']['dice']
