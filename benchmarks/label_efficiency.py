@@ -135,6 +135,8 @@ def retest(workdir: str, runs: list, n_test: int, device: str, done: list) -> li
     out = []
     for r in runs:
         folder = os.path.join(workdir, f"l{r['n_labeled']}_s{r['seed']}")
+        if not os.path.isdir(os.path.join(folder, 'nnUNet_results')):
+            sys.exit(f"{folder} holds no trained models: --workdir must be the folder the runs were trained in")
         use_nnunet_folders(folder)
         settings = r['settings']
         raw = make_synthetic_dataset(os.path.join(folder, f'retest{n_test}'), DEMO_DATASET_ID, r['n_labeled'],
