@@ -101,7 +101,7 @@ def _propagate_max_index(fg: torch.Tensor, check_every: int = 4, pointer_jumping
     while True:
         previous = ids
         for _ in range(check_every):
-            ids = torch.where(fg, _max_pool_same(ids.view(n, c, *spatial)), ids)
+            ids = torch.where(fg, _max_pool_same(ids), ids)
             if pointer_jumping:
                 pointer = (ids.view(flat_shape) - 1).clamp_(min=0).long()
                 ids = torch.where(fg, ids.view(flat_shape).gather(1, pointer).view_as(ids), ids)
