@@ -36,6 +36,7 @@ setup(
             'nnUNetv2_m3hl_evaluate=nnunetv2_m3hl.cli:evaluate_entry',
             'nnUNetv2_m3hl_demo=nnunetv2_m3hl.cli:demo_entry',
             'nnUNetv2_m3hl_make_ssl_dataset=nnunetv2_m3hl.cli:make_ssl_dataset_entry',
+            'nnUNetv2_m3hl_check_dataset=nnunetv2_m3hl.cli:check_dataset_entry',
         ],
     },
 )

@@ -9,6 +9,10 @@ from typing import Iterator
 import SimpleITK as sitk
 
 
+# dataset.json key of a dataset whose files carry a made-up spacing (the source stored none)
+NOMINAL_SPACING_KEY = 'm3hl_nominal_spacing'
+
+
 class ConversionError(RuntimeError):
     """Bad converter input; the message names the file and the fix."""
 
@@ -55,10 +59,11 @@ def safe_join(folder: str, *names: str) -> str:
 
 
 def write_dataset_json(folder: str, labels: dict, num_training: int, name: str, description: str,
-                       channel_names: dict = None) -> None:
+                       channel_names: dict = None, extra: dict = None) -> None:
+    content = {'channel_names': channel_names or {'0': 'MRI'}, 'labels': labels, 'numTraining': num_training,
+               'file_ending': '.nii.gz', 'name': name, 'description': description, **(extra or {})}
     with open(os.path.join(folder, 'dataset.json'), 'w') as f:
-        json.dump({'channel_names': channel_names or {'0': 'MRI'}, 'labels': labels, 'numTraining': num_training,
-                   'file_ending': '.nii.gz', 'name': name, 'description': description}, f, indent=1)
+        json.dump(content, f, indent=1)
 
 
 def write_image(image: sitk.Image, path: str) -> None:

@@ -20,6 +20,7 @@ from dataset_conversion.acdc import write_splits_final
 from dataset_conversion.common import ConversionError, building, dataset_folder, safe_join, write_dataset_json, \
     write_image
 from dataset_conversion.splits import LA_TEST, LA_TRAIN_ORDER
+from nnunetv2_m3hl.integrity import IncompleteScanError, check_scan_complete
 
 DEFAULT_LABELED = 8
 UAMT_SPACING = (0.625, 0.625, 0.625)
@@ -75,6 +76,10 @@ def load_challenge(case_folder: str) -> Tuple[sitk.Image, sitk.Image]:
     for p in (image_path, label_path):
         if not os.path.isfile(p):
             raise ConversionError(f"{p} is missing: every challenge case needs {NRRD_IMAGE} and {NRRD_LABEL}")
+        try:
+            check_scan_complete(p)
+        except IncompleteScanError as e:
+            raise ConversionError(str(e)) from e
     try:
         img, seg = sitk.ReadImage(image_path), sitk.ReadImage(label_path)
     except RuntimeError as e:

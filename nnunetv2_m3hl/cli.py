@@ -1,6 +1,7 @@
 """Console entry points. Each parses its arguments and calls one library function; errors about the
 user's data end the program with the message alone (exit code 2), not a traceback."""
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -81,6 +82,33 @@ def evaluate_entry() -> None:
     args = p.parse_args()
     _run(lambda: evaluate_folders(args.ref, args.pred, args.o, labels=args.l, convention=args.convention,
                                   largest_component=args.largest_component))
+
+
+def check_dataset_entry() -> None:
+    import time
+    from nnunetv2.paths import nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2_m3hl.integrity import DATASET_SUBFOLDERS, check_dataset_files
+    p = argparse.ArgumentParser(description=f"Check that every scan file of a raw dataset is whole (compressed "
+                                            f"streams complete, voxel data as long as the header says): "
+                                            f"{', '.join(DATASET_SUBFOLDERS)}. Run it next to nnU-Net's "
+                                            f"--verify_dataset_integrity, which does not detect truncated files.")
+    p.add_argument('-d', required=True, help='dataset name or id (in nnUNet_raw)')
+    args = p.parse_args()
+
+    def check():
+        if nnUNet_raw is None:
+            raise FileNotFoundError("nnUNet_raw is not set: export it")
+        start = time.time()
+        n, problems = check_dataset_files(os.path.join(nnUNet_raw, maybe_convert_to_dataset_name(args.d)))
+        for message in problems:
+            print(f"INCOMPLETE: {message}", file=sys.stderr)
+        if problems:
+            print(f"ERROR: {len(problems)} of {n} files are incomplete; replace them before planning or training",
+                  file=sys.stderr)
+            sys.exit(2)
+        print(f"{n} files checked in {time.time() - start:.1f} s: all complete")
+    _run(check)
 
 
 def demo_entry() -> None:

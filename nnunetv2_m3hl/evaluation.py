@@ -50,6 +50,20 @@ def keep_largest_component(prediction: np.ndarray, labels: Sequence[int]) -> np.
     return kept[0].numpy().astype(prediction.dtype)
 
 
+def nominal_spacing_note(ref_folder: str) -> Optional[str]:
+    """A warning when the dataset that holds ``ref_folder`` says its spacing is made up (its source stored none)."""
+    from dataset_conversion.common import NOMINAL_SPACING_KEY
+    dataset_json = os.path.join(os.path.dirname(os.path.abspath(ref_folder)), 'dataset.json')
+    if not os.path.isfile(dataset_json):
+        return None
+    with open(dataset_json) as f:
+        spacing = json.load(f).get(NOMINAL_SPACING_KEY)
+    if spacing is None:
+        return None
+    return (f"the spacing of this dataset ({spacing}, x y z) is nominal, not physical: its source files stored "
+            f"none, so mm distances are in made-up units; use --convention paper (voxels) for this dataset")
+
+
 def _read(path: str):
     image = sitk.ReadImage(path)
     # numpy axes are z, y, x: reverse sitk's x, y, z spacing
@@ -81,10 +95,13 @@ def evaluate_folders(ref_folder: str, pred_folder: str, output_json: str, labels
     per_class = {c: {m: float(np.nanmean([per_case[n][c][m] for n in per_case if c in per_case[n]]))
                      for m in METRICS} for c in all_labels}
     mean = {m: float(np.nanmean([per_class[c][m] for c in all_labels])) for m in METRICS}
+    note = nominal_spacing_note(ref_folder) if convention == 'mm' else None
     result = {'convention': convention, 'largest_component': largest_component, 'labels': [int(c) for c in all_labels],
               'mean': mean, 'per_class': per_class, 'per_case': per_case,
               'flagged': sorted(f"{n}: class {c}" for n in per_case for c in per_case[n]
                                 if per_case[n][c].get('empty_prediction') or per_case[n][c].get('empty_reference'))}
+    if note:
+        result['spacing_not_physical'] = note
     os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
     with open(output_json, 'w') as f:
         json.dump(result, f, indent=1)
@@ -96,6 +113,8 @@ def evaluate_folders(ref_folder: str, pred_folder: str, output_json: str, labels
                 writer.writerow([n, c, *[values[m] for m in METRICS]])
     if verbose:
         print(format_table(result))
+    if note:
+        print(f"WARNING: {note}")
     return result
 
 

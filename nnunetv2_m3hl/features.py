@@ -66,10 +66,26 @@ def _against_couple(distance, student: torch.Tensor, teacher: torch.Tensor) -> t
     return 0.5 * (distance(student, teacher) + distance(student, teacher[partner]))
 
 
-def high_level_loss(student_high: torch.Tensor, teacher_high: torch.Tensor) -> torch.Tensor:
-    """1 - cosine similarity of bottleneck features over channels, averaged over positions and pairs."""
-    def distance(s, t):
-        return (1 - F.cosine_similarity(s.float(), t.float(), dim=1)).mean()
+HIGH_COSINE_PER_SAMPLE = 'sample'
+HIGH_COSINE_PER_POSITION = 'position'
+
+
+def high_level_loss(student_high: torch.Tensor, teacher_high: torch.Tensor,
+                    cosine_over: str = HIGH_COSINE_PER_SAMPLE) -> torch.Tensor:
+    """1 - cosine similarity of bottleneck features, averaged over the couple's pairs.
+
+    ``sample`` (the reference code): one cosine per sample over its whole flattened feature (channels x
+    positions), so positions with strong activations weigh more. ``position``: one cosine per voxel over the
+    channels, averaged over positions, blind to how activation strength is spread over the image."""
+    if cosine_over == HIGH_COSINE_PER_SAMPLE:
+        def distance(s, t):
+            return (1 - F.cosine_similarity(s.float().flatten(1), t.float().flatten(1), dim=1)).mean()
+    elif cosine_over == HIGH_COSINE_PER_POSITION:
+        def distance(s, t):
+            return (1 - F.cosine_similarity(s.float(), t.float(), dim=1)).mean()
+    else:
+        raise ValueError(f"cosine_over must be '{HIGH_COSINE_PER_SAMPLE}' or '{HIGH_COSINE_PER_POSITION}', "
+                         f"got {cosine_over!r}")
     return _against_couple(distance, student_high, teacher_high.detach())
 
 

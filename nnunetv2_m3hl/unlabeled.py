@@ -19,6 +19,7 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from tqdm import tqdm
 
 from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+from nnunetv2_m3hl.integrity import IncompleteScanError, check_scan_complete
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -177,6 +178,11 @@ def preprocess_one_case(case: UnlabeledCase, output_folder: str, plans: dict, co
     plans_manager = PlansManager(plans)
     configuration_manager = plans_manager.get_configuration(configuration_name)
     reader = plans_manager.image_reader_writer_class()
+    for f in case.image_files:
+        try:
+            check_scan_complete(f)
+        except IncompleteScanError as e:
+            raise UnlabeledDataError(f"{e} Or remove it from {UNLABELED_IMAGES_FOLDER}/.") from e
     try:
         _, props = reader.read_images(list(case.image_files))
     except Exception as e:

@@ -27,6 +27,18 @@ class M3HLTrainer_test(M3HLTrainer):
         self.num_val_iterations_per_epoch = 1
         self.mixed_sample_png_every = 1
         self.save_every = 1  # a checkpoint_latest.pth after every epoch, for the kill-and-resume test
+
+
+class M3HLTrainer_test_pretrained(M3HLTrainer_test):
+    """Its own output folder, for the -pretrained_weights tests."""
+
+
+class M3HLTrainer_test_warmup(M3HLTrainer_test):
+    """Two epochs, the first supervised only."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 2
+        self.supervised_warmup_fraction = 0.5
 '''
 
 

@@ -169,3 +169,123 @@ def test_la_bad_input(tmp_path):
 def test_names_cannot_escape_the_output_folder(tmp_path, name):
     with pytest.raises(ConversionError):
         safe_join(str(tmp_path), name)
+
+
+# ---------------------------------------------------------------- ACDC, SSL4MIS h5 layout
+N_SLICES = 3
+
+
+def h5_pair(path, image, label):
+    with h5py.File(path, 'w') as f:
+        f['image'], f['label'] = image, label
+
+
+def make_ssl4mis(root, slices_in_subfolder: bool):
+    """A tiny SSL4MIS tree: training frames as slices (values encode patient, frame and slice), validation and
+    test frames whole, and the four lists."""
+    data = root / 'data'
+    slices = data / 'slices' if slices_in_subfolder else data
+    slices.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    frames = lambda ps: [f'patient{p:03d}_frame{f:02d}' for p in ps for f in (1, 2)]  # noqa: E731
+    for stem in frames(ACDC_TRAIN_ORDER):
+        p, f = int(stem[7:10]), int(stem[-2:])
+        for k in range(1, N_SLICES + 1):
+            h5_pair(slices / f'{stem}_slice_{k}.h5', np.full((6, 5), p + f / 10 + k / 100, np.float32),
+                    rng.integers(0, 4, (6, 5)).astype(np.uint8))
+    for stem in frames(ACDC_VALIDATION + ACDC_TEST):
+        h5_pair(data / f'{stem}.h5', rng.random((N_SLICES, 6, 5)).astype(np.float32),
+                rng.integers(0, 4, (N_SLICES, 6, 5)).astype(np.uint8))
+    (root / 'train.list').write_text('\n'.join(frames(ACDC_TRAIN_ORDER)) + '\n')
+    (root / 'train_slices.list').write_text('\n'.join(f'{s}_slice_{k}' for s in frames(ACDC_TRAIN_ORDER)
+                                                      for k in range(1, N_SLICES + 1)) + '\n')
+    (root / 'val.list').write_text('\n'.join(frames(ACDC_VALIDATION)) + '\n')
+    (root / 'test.list').write_text('\n'.join(frames(ACDC_TEST)) + '\n')
+    return root
+
+
+@pytest.fixture(scope='module')
+def ssl4mis_root(tmp_path_factory):
+    return make_ssl4mis(tmp_path_factory.mktemp('ssl4mis'), slices_in_subfolder=False)
+
+
+@pytest.mark.parametrize('slices_in_subfolder', [False, True])
+def test_ssl4mis_h5_gives_the_official_split_and_rebuilds_frames_in_slice_order(
+        acdc_root, tmp_path, monkeypatch, slices_in_subfolder):
+    monkeypatch.setenv('nnUNet_preprocessed', str(tmp_path / 'pre'))
+    h5_root = make_ssl4mis(tmp_path / 'h5', slices_in_subfolder)
+    out = convert_acdc(str(h5_root), 271, labeled=3, raw_root=str(tmp_path / 'raw'))
+    official = convert_acdc(str(acdc_root), 272, labeled=3, raw_root=str(tmp_path / 'raw'))
+    for sub in ('imagesTr', 'labelsTr', 'imagesUnlabeledTr', 'imagesTs', 'labelsTs'):
+        assert cases_in(f'{out}/{sub}') == cases_in(f'{official}/{sub}'), sub
+    splits = lambda folder: json.load(open(tmp_path / 'pre' / os.path.basename(folder) / 'splits_final.json'))  # noqa
+    assert splits(out) == splits(official)
+    # patient 38's ES frame (frame02) from its slices 1, 2, 3 in this order; frames of the labeled set
+    rebuilt = sitk.ReadImage(f'{out}/imagesTr/patient038_ES_0000.nii.gz')
+    array = sitk.GetArrayFromImage(rebuilt)
+    assert array.shape == (N_SLICES, 6, 5)
+    assert np.allclose(array[:, 0, 0], [38.2 + k / 100 for k in range(1, N_SLICES + 1)])
+    slices = h5_root / 'data' / ('slices' if slices_in_subfolder else '')
+    with h5py.File(slices / 'patient038_frame02_slice_2.h5', 'r') as f:
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(f'{out}/labelsTr/patient038_ES.nii.gz'))[1],
+                              f['label'][()])
+    assert rebuilt.GetSpacing() == (1.0, 1.0, 10.0)
+    # validation and test frames are read whole
+    with h5py.File(h5_root / 'data' / 'patient001_frame01.h5', 'r') as f:
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(f'{out}/labelsTs/patient001_ED.nii.gz')),
+                              f['label'][()])
+    dataset = json.load(open(f'{out}/dataset.json'))
+    assert dataset['m3hl_nominal_spacing'] == [1.0, 1.0, 10.0] and 'nominal' in dataset['description']
+    assert 'm3hl_nominal_spacing' not in json.load(open(f'{official}/dataset.json'))
+
+
+def _rewrite_slice(root, name, image=None, label=None):
+    path = root / 'data' / name
+    with h5py.File(path, 'r') as f:
+        old_image, old_label = f['image'][()], f['label'][()]
+    path.unlink()
+    h5_pair(path, old_image if image is None else image, old_label if label is None else label)
+
+
+@pytest.mark.parametrize('damage,message', [
+    (lambda r: (r / 'data' / 'patient050_frame01_slice_2.h5').unlink(), 'patient050_frame01_slice_2.h5 is missing'),
+    (lambda r: _rewrite_slice(r, 'patient050_frame01_slice_3.h5', image=np.zeros((7, 5), np.float32),
+                              label=np.zeros((7, 5), np.uint8)), 'slice shape'),
+    (lambda r: _rewrite_slice(r, 'patient050_frame02_slice_1.h5', label=np.full((6, 5), 4, np.uint8)),
+     'unexpected label values'),
+    (lambda r: (r / 'data' / 'patient050_frame02.h5').touch() or
+     (r / 'test.list').write_text((r / 'test.list').read_text().replace('patient001_frame01', 'patient050_frame09')),
+     'differ from the SSL4MIS protocol'),
+    (lambda r: (r / 'train_slices.list').write_text((r / 'train_slices.list').read_text()
+                                                    + 'patient050_frame01_slice_9\n'), 'names patient050'),
+    (lambda r: (r / 'data' / 'patient001_frame02.h5').unlink(), 'patient001_frame02.h5 is missing'),
+])
+def test_ssl4mis_bad_input_is_refused_with_nothing_written(ssl4mis_root, tmp_path, damage, message):
+    import shutil
+    broken = tmp_path / 'h5'
+    shutil.copytree(ssl4mis_root, broken)
+    damage(broken)
+    with pytest.raises(ConversionError, match=message):
+        convert_acdc(str(broken), 275, raw_root=str(tmp_path / 'raw'))
+    assert not (tmp_path / 'raw').exists() or os.listdir(tmp_path / 'raw') == []
+
+
+def test_acdc_layout_detection(tmp_path, ssl4mis_root):
+    with pytest.raises(ConversionError, match='neither'):
+        convert_acdc(str(tmp_path), 276, raw_root=str(tmp_path / 'raw'))
+    import shutil
+    both = tmp_path / 'both'
+    shutil.copytree(ssl4mis_root, both)
+    (both / 'training').mkdir()
+    with pytest.raises(ConversionError, match='point -i to one of them'):
+        convert_acdc(str(both), 276, raw_root=str(tmp_path / 'raw'))
+
+
+def test_mm_metrics_on_a_nominal_spacing_dataset_say_so(ssl4mis_root, tmp_path):
+    from nnunetv2_m3hl.evaluation import evaluate_folders
+    out = convert_acdc(str(ssl4mis_root), 277, labeled=3, raw_root=str(tmp_path / 'raw'))
+    mm = evaluate_folders(f'{out}/labelsTs', f'{out}/labelsTs', str(tmp_path / 'mm.json'), convention='mm',
+                          verbose=False)
+    assert 'nominal, not physical' in mm['spacing_not_physical']
+    paper = evaluate_folders(f'{out}/labelsTs', f'{out}/labelsTs', str(tmp_path / 'paper.json'), verbose=False)
+    assert 'spacing_not_physical' not in paper and paper['mean']['dice'] == 1.0

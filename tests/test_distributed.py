@@ -45,3 +45,82 @@ def test_teachers_stay_identical_across_ranks(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), result), nprocs=2, join=True)
     teachers = torch.load(result)
     assert torch.equal(teachers[0], teachers[1])
+
+
+def _guarded_worker(rank: int, world_size: int, port: int, result_folder: str, nan_steps: tuple,
+                    die_at_step: int, max_consecutive: int):
+    """A DDP training loop with the trainer's guard; rank 1 sees NaN inputs at ``nan_steps``."""
+    import datetime
+    import json
+    from nnunetv2_m3hl.step_guard import NonFiniteStepGuard
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=30))
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 2, 1)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = NonFiniteStepGuard(max_consecutive)
+    record = {'skipped': [], 'stopped_at': None}
+    for step in range(8):
+        if rank == 1 and step == die_at_step:
+            os._exit(3)
+        x = torch.randn(2, 1, 8, 8) + rank
+        if rank == 1 and step in nan_steps:
+            x[:] = float('nan')
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        if not guard.all_ranks_finite(loss):
+            record['skipped'].append(step)
+            try:
+                guard.step_skipped()
+            except RuntimeError:
+                record['stopped_at'] = step
+                break
+            continue
+        guard.step_done()
+        loss.backward()
+        opt.step()
+    record['weights'] = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
+    with open(os.path.join(result_folder, f'rank{rank}.json'), 'w') as f:
+        json.dump(record, f)
+    dist.destroy_process_group()
+
+
+def _run_ranks(tmp_path, nan_steps=(), die_at_step=-1, max_consecutive=3, timeout=90):
+    """Two gloo ranks; fails the test if they do not finish within ``timeout`` seconds."""
+    import json
+    import time
+    context = mp.start_processes(_guarded_worker, args=(2, _free_port(), str(tmp_path), tuple(nan_steps),
+                                                        die_at_step, max_consecutive),
+                                 nprocs=2, join=False, start_method='spawn')
+    deadline = time.time() + timeout
+    try:
+        while not context.join(timeout=1):
+            assert time.time() < deadline, 'the ranks hang'
+    finally:
+        for p in context.processes:
+            if p.is_alive():
+                p.kill()
+    return [json.load(open(tmp_path / f'rank{r}.json')) for r in range(2)]
+
+
+def test_one_ranks_nan_makes_every_rank_skip_that_step(tmp_path):
+    ranks = _run_ranks(tmp_path, nan_steps=(2, 5))
+    assert ranks[0]['skipped'] == ranks[1]['skipped'] == [2, 5]
+    assert ranks[0]['weights'] == ranks[1]['weights']  # no divergence: every update was the same all-reduce
+    assert all(torch.isfinite(torch.tensor(r['weights'])).all() for r in ranks)
+
+
+def test_every_rank_stops_at_the_same_step(tmp_path):
+    ranks = _run_ranks(tmp_path, nan_steps=(1, 2, 3, 4), max_consecutive=3)
+    assert ranks[0]['stopped_at'] == ranks[1]['stopped_at'] == 3
+
+
+def test_a_dying_rank_ends_the_run_instead_of_hanging(tmp_path):
+    """What nnU-Net's multi-GPU launch (torch.multiprocessing.spawn, join=True) meets when one rank dies: the
+    join raises, the other rank is terminated while it waits in a collective; nothing hangs."""
+    import pytest
+    import time
+    start = time.time()
+    with pytest.raises(mp.ProcessExitedException, match='exit code 3'):
+        _run_ranks(tmp_path, die_at_step=2)
+    assert time.time() - start < 60

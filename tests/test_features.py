@@ -68,3 +68,31 @@ def test_gradients_reach_the_student_only():
     (high_level_loss(s_high, t_high) + low_level_loss(s_low, t_low)).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_high_level_loss_is_the_reference_formula():
+    """The reference: ``1 - cosine_similarity(a.flatten(1), b.flatten(1)).mean()`` for each mix against each
+    unlabeled image of its couple (4 terms per couple)."""
+    torch.manual_seed(0)
+    student, teacher = torch.randn(4, 6, 3, 5), torch.randn(4, 6, 3, 5)
+
+    def reference(a, b):
+        return 1 - torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1)).mean()
+    partner = [1, 0, 3, 2]
+    expected = 0.5 * (reference(student, teacher) + reference(student, teacher[partner]))
+    assert torch.allclose(high_level_loss(student, teacher), expected, atol=1e-6)
+
+
+def test_per_sample_and_per_position_cosines_differ():
+    """Scaling half of the positions leaves every per-position cosine unchanged but moves the per-sample one."""
+    torch.manual_seed(1)
+    teacher = torch.randn(2, 8, 4, 4)
+    student = teacher + 0.3 * torch.randn_like(teacher)
+    scaled = student.clone()
+    scaled[..., :2] *= 5
+    per_position = [high_level_loss(s, teacher, 'position') for s in (student, scaled)]
+    per_sample = [high_level_loss(s, teacher, 'sample') for s in (student, scaled)]
+    assert torch.allclose(per_position[0], per_position[1], atol=1e-6)
+    assert not torch.allclose(per_sample[0], per_sample[1], atol=1e-3)
+    with pytest.raises(ValueError):
+        high_level_loss(student, teacher, 'channel')

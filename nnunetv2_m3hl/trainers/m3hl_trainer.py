@@ -22,11 +22,14 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunetv2_m3hl.checkpointing import load_checkpoint_safely, save_atomically
-from nnunetv2_m3hl.features import FeatureTap, high_level_loss, low_level_loss, unwrap_network
+from nnunetv2_m3hl.features import HIGH_COSINE_PER_SAMPLE, FeatureTap, high_level_loss, low_level_loss, \
+    unwrap_network
 from nnunetv2_m3hl.losses import RegionWeightedDiceCE
 from nnunetv2_m3hl.mixing import downsample_for_deep_supervision, make_block_masks, mutual_mix, \
     number_of_couples
+from nnunetv2_m3hl.pretrained import PretrainedWeightsWatcher, whole_model_state
 from nnunetv2_m3hl.progress import M3HLLocalLogger
+from nnunetv2_m3hl.step_guard import NonFiniteStepGuard
 from nnunetv2_m3hl.teacher import broadcast_teacher, ema_update, make_teacher, pseudo_labels_from_logits
 from nnunetv2_m3hl.unlabeled import UnlabeledDataLoader, check_configuration_supported, n_proc_split, \
     preprocess_unlabeled, preprocessed_unlabeled_folder, unlabeled_identifiers
@@ -64,6 +67,7 @@ class M3HLTrainer(nnUNetTrainer):
         self.ema_decay = 0.99
         self.high_weight = 1.0      # total = mix + (high_weight * L_high + low_weight * L_low) / 2
         self.low_weight = 1.0
+        self.high_cosine_over = HIGH_COSINE_PER_SAMPLE  # one cosine per sample, as the reference code
         self.largest_component = True
         self.unlabeled_batch_size = None  # None: the labeled batch size of this rank
         # share of the epochs trained on the labeled data alone before mixing starts (the pre-training stage
@@ -74,7 +78,7 @@ class M3HLTrainer(nnUNetTrainer):
         self.mixed_sample_png_every = 50  # epochs; 0 disables
         self.teacher = None
         self.dataloader_unlabeled = None
-        self._consecutive_nonfinite = 0
+        self.step_guard = NonFiniteStepGuard(self.max_consecutive_nonfinite)
         self._capture_example = False
         self._example_panels = None
         self.logger.local_logger = M3HLLocalLogger()
@@ -83,7 +87,7 @@ class M3HLTrainer(nnUNetTrainer):
     def m3hl_settings(self) -> dict:
         return {k: getattr(self, k) for k in (
             'blocks_per_axis', 'masked_ratio', 'u_weight', 'ema_decay', 'high_weight', 'low_weight',
-            'largest_component', 'unlabeled_batch_size', 'supervised_warmup_fraction')}
+            'high_cosine_over', 'largest_component', 'unlabeled_batch_size', 'supervised_warmup_fraction')}
 
     @property
     def supervised_warmup_epochs(self) -> int:
@@ -105,6 +109,7 @@ class M3HLTrainer(nnUNetTrainer):
         self.teacher.decoder.deep_supervision = False
         self.student_tap = FeatureTap(student)
         self.teacher_tap = FeatureTap(self.teacher)
+        self._pretrained_watcher = PretrainedWeightsWatcher(student)
         mix_loss = RegionWeightedDiceCE(self.u_weight, self.label_manager.ignore_label)
         # same deep-supervision weights as nnU-Net's own loss
         self.mix_loss = DeepSupervisionWrapper(mix_loss, self.loss.weight_factors) \
@@ -131,9 +136,30 @@ class M3HLTrainer(nnUNetTrainer):
         if self.is_ddp:
             dist.barrier()
 
+    def start_from_pretrained_weights(self) -> None:
+        """After ``-pretrained_weights`` (a fresh training; nnU-Net refuses it with ``--c``): student and teacher
+        start from the whole pretrained model when it has this dataset's labels; otherwise nnU-Net's transfer
+        (heads left out) stands and the teacher starts as a copy of that student."""
+        file = self._pretrained_watcher.file
+        if file is None:
+            return
+        self._pretrained_watcher.file = None
+        student = unwrap_network(self.network)
+        state, reason = whole_model_state(load_checkpoint_safely(file, map_location=self.device),
+                                          student.state_dict(), self.dataset_json['labels'])
+        if state is not None:
+            student.load_state_dict(state)
+            self.print_to_log_file(f"pretrained weights {file}: {reason}, so student and teacher start from the "
+                                   f"whole pretrained model, segmentation heads included")
+        else:
+            self.print_to_log_file(f"pretrained weights {file}: {reason}; nnU-Net's transfer without the "
+                                   f"segmentation heads stands, and the teacher starts as a copy of that student")
+        self.teacher.load_state_dict(student.state_dict())
+
     def on_train_start(self):
         if not self.was_initialized:
             self.initialize()
+        self.start_from_pretrained_weights()
         self.prepare_unlabeled_data()
         super().on_train_start()
         self.print_to_log_file(f"{len(unlabeled_identifiers(self.unlabeled_folder))} unlabeled scans, "
@@ -228,16 +254,17 @@ class M3HLTrainer(nnUNetTrainer):
             else:
                 mix = self.mix_loss(output, targets[0], regions[0])
             zero = mix.new_zeros(())
-            l_high = high_level_loss(student_high, teacher_high) if use_hl and self.high_weight else zero
+            l_high = high_level_loss(student_high, teacher_high, self.high_cosine_over) \
+                if use_hl and self.high_weight else zero
             l_low = low_level_loss(student_low, teacher_low) if use_hl and self.low_weight else zero
             loss = mix + (self.high_weight * l_high + self.low_weight * l_low) / 2
 
         if self._capture_example:
             self._keep_example(x_l, x_u, mixed, output)
 
-        if not torch.isfinite(loss):
+        if not self.step_guard.all_ranks_finite(loss):
             return self._skip_nonfinite_step(loss)
-        self._consecutive_nonfinite = 0
+        self.step_guard.step_done()
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
@@ -254,15 +281,13 @@ class M3HLTrainer(nnUNetTrainer):
                 'pseudo_fg': (pseudo > 0).float().mean().cpu().numpy(), 'skipped': np.array(0.0)}
 
     def _skip_nonfinite_step(self, loss: torch.Tensor) -> dict:
+        """Every rank skips together (see ``step_guard``)."""
         self.optimizer.zero_grad(set_to_none=True)
-        self._consecutive_nonfinite += 1
-        self.print_to_log_file(f"WARNING: non-finite loss ({loss.item()}), step skipped "
-                               f"({self._consecutive_nonfinite} in a row)")
-        if self._consecutive_nonfinite >= self.max_consecutive_nonfinite:
-            raise RuntimeError(
-                f"{self._consecutive_nonfinite} consecutive steps had a non-finite loss; training stopped. Check "
-                f"the input data (NaN/inf voxels in the preprocessed cases) and lower the learning rate, or resume "
-                f"from the last checkpoint with --c.")
+        where = 'this rank' if not torch.isfinite(loss) else 'another rank'
+        self.step_guard.max_consecutive = self.max_consecutive_nonfinite
+        self.print_to_log_file(f"WARNING: non-finite loss on {where} ({loss.item()} here), step skipped on every "
+                               f"rank ({self.step_guard.consecutive + 1} in a row)")
+        self.step_guard.step_skipped()
         nan = np.array(np.nan)
         return {'loss': nan, 'mix_loss': nan, 'high_loss': nan, 'low_loss': nan, 'pseudo_fg': nan,
                 'skipped': np.array(1.0)}

@@ -1,0 +1,333 @@
+"""M3HL against nnU-Net on real scans (ACDC, LA), with the published splits and the papers' metrics.
+
+    python benchmarks/real_data.py --dataset acdc --data /data/ACDC --labeled 3 --budget cpu \
+        --workdir /scratch/acdc3 -o benchmarks/results/real_acdc3_cpu.json
+    python benchmarks/real_data.py --dataset la --data "/data/LA/2018LA_Seg_Training Set" --labeled 4 ...
+
+One command per (dataset, labeled count); ``--seeds`` runs several seeds. The data folder is converted with the
+package's converter (either ACDC layout, either LA layout) into ``--workdir``, which holds its own nnUNet_raw,
+nnUNet_preprocessed and nnUNet_results. Every trainer of ``--trainers`` is trained on the same plans with the same
+budget, the official test set is predicted with ``nnUNetv2_predict`` (an M3HL fold also with its EMA teacher,
+``-chk checkpoint_final_teacher.pth``) and evaluated in the papers' convention against the original labels at
+their original resolution. No checkpoint is chosen on the test set: each model is the final checkpoint.
+
+A trainer spec ``A+B`` is the two-stage recipe at the same total budget: ``A`` trained for
+``--pretrain-fraction`` of the iterations, then ``B`` for the rest, started from ``A``'s final checkpoint with
+nnU-Net's own ``-pretrained_weights`` path.
+
+Budgets:
+- ``cpu``: plans made by nnU-Net's planner with a coarser target spacing (ACDC 2d at 2 mm in plane, LA
+  3d_fullres at 1.875 mm isotropic) and a smaller batch (``--batch-size``), ``--iterations`` per trainer.
+  Predictions are resampled by nnU-Net back to the original geometry.
+- ``gpu``: nnU-Net's native plans; each trainer trains until ``--minutes`` of wall-clock time are used (the
+  epoch count is fixed after the first epoch from its measured duration).
+
+Results are written to the JSON after every trained model, and a rerun resumes: finished models are skipped,
+a trained fold is not retrained, existing predictions are only re-evaluated.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+DATASETS = {
+    # id, configuration, target spacing of the CPU budget (numpy axis order), converter
+    'acdc': {'id': 271, 'configuration': '2d', 'cpu_spacing': [10.0, 2.0, 2.0], 'cpu_batch': 4},
+    'la': {'id': 281, 'configuration': '3d_fullres', 'cpu_spacing': [1.875, 1.875, 1.875], 'cpu_batch': 2},
+}
+# published means (Dice %) and their budgets, for scale
+ANCHORS = {
+    ('acdc', 3): [('BCP (Bai et al., CVPR 2023)', 87.59), ('AD-MT', 88.75)],
+    ('acdc', 7): [('BCP (Bai et al., CVPR 2023)', 88.84), ('AD-MT', 89.46)],
+    ('la', 4): [('AD-MT', 89.63)],
+    ('la', 8): [('AD-MT', 90.55)],
+}
+ANCHOR_BUDGET = {'acdc': '30k iterations, batch 24 (12 labeled + 12 unlabeled slices), 256x256',
+                 'la': '15k iterations, batch 4 + 4 patches of 112x112x80'}
+TEACHER_CHECKPOINT = 'checkpoint_final_teacher.pth'
+
+
+def log(message: str) -> None:
+    print(f"[real_data {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def nnunet_env(workdir: str, results_name: str = 'nnUNet_results') -> Dict[str, str]:
+    from nnunetv2_m3hl import trainer_path
+    env = os.environ.copy()
+    env.update({'nnUNet_raw': os.path.join(workdir, 'nnUNet_raw'),
+                'nnUNet_preprocessed': os.path.join(workdir, 'nnUNet_preprocessed'),
+                'nnUNet_results': os.path.join(workdir, results_name)})
+    ext = env.get('nnUNet_extTrainer', '')
+    env['nnUNet_extTrainer'] = os.pathsep.join([p for p in (trainer_path(), ext) if p])
+    return env
+
+
+def run(cmd: List[str], env: Dict[str, str], log_file: Optional[str] = None) -> None:
+    """A command with its output in ``log_file`` (or ours); fails loudly with the log's tail."""
+    if log_file:
+        with open(log_file, 'a') as f:
+            proc = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        if proc.returncode != 0:
+            with open(log_file) as f:
+                tail = f.read()[-3000:]
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); end of {log_file}:\n{tail}")
+    else:
+        subprocess.run(cmd, env=env, check=True)
+
+
+def plans_name(budget: str) -> str:
+    return 'nnUNetPlans' if budget == 'gpu' else 'nnUNetPlans_cpu'
+
+
+def prepare_dataset(dataset: str, data: str, labeled: int, workdir: str, budget: str, batch_size: Optional[int],
+                    env: Dict[str, str]) -> str:
+    """Convert, plan and preprocess (labeled and unlabeled scans) once per workdir; returns the dataset name."""
+    spec = DATASETS[dataset]
+    did, configuration, plans = spec['id'], spec['configuration'], plans_name(budget)
+    name = f"Dataset{did:03d}_{dataset.upper()}"
+    raw = os.path.join(env['nnUNet_raw'], name)
+    pre = os.path.join(env['nnUNet_preprocessed'], name)
+    nnunet = [sys.executable, '-c']
+    entry = 'from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import {0} as m; m()'.format
+    if not os.path.isdir(raw):
+        log(f"converting {data} ({dataset}, {labeled} labeled)")
+        converter = 'convert_acdc' if dataset == 'acdc' else 'convert_la'
+        run([sys.executable, '-c', f'from dataset_conversion.{dataset} import {converter} as c; import sys; '
+             f'c(sys.argv[1], {did}, labeled={labeled})', data], env)
+    plans_file = os.path.join(pre, f'{plans}.json')
+    if not os.path.isfile(plans_file):
+        log(f"planning {name} ({plans})")
+        run(nnunet + [entry('extract_fingerprint_entry'), '-d', str(did), '-np', '2'], env)
+        command = nnunet + [entry('plan_experiment_entry'), '-d', str(did)]
+        if budget == 'cpu':
+            command += ['-overwrite_target_spacing', *map(str, spec['cpu_spacing']), '-overwrite_plans_name', plans]
+        run(command, env)
+        if budget == 'cpu':
+            # a smaller batch than nnU-Net's GPU-sized one; the planner's patch and network are kept
+            content = json.load(open(plans_file))
+            content['configurations'][configuration]['batch_size'] = batch_size or spec['cpu_batch']
+            with open(plans_file, 'w') as f:
+                json.dump(content, f, indent=1)
+    marker = os.path.join(pre, f'.{plans}_{configuration}_preprocessed')
+    if not os.path.isfile(marker):
+        log(f"preprocessing {name} {configuration} ({plans}), labeled and unlabeled")
+        run(nnunet + [entry('preprocess_entry'), '-d', str(did), '-plans_name', plans, '-c', configuration,
+                      '-np', '2'], env)
+        run([sys.executable, '-c', 'from nnunetv2_m3hl.unlabeled import preprocess_unlabeled as p; import sys; '
+             'p(int(sys.argv[1]), sys.argv[2], sys.argv[3], num_processes=2)', str(did), configuration, plans], env)
+        open(marker, 'w').close()
+    return name
+
+
+def train_one(dataset_id: int, configuration: str, plans: str, trainer: str, iterations: int,
+              minutes: Optional[float], seed: int, device: str, pretrained: Optional[str]) -> None:
+    """Fold 0 of one trainer in this process (called through a subprocess with its own nnUNet_results)."""
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    t = get_trainer_from_args(str(dataset_id), configuration, 0, trainer, plans, device=torch.device(device))
+    iterations_per_epoch = 50
+    t.num_iterations_per_epoch = iterations_per_epoch
+    t.num_val_iterations_per_epoch = 5
+    t.num_epochs = max(1, round(iterations / iterations_per_epoch))
+    if hasattr(t, 'mixed_sample_png_every'):
+        t.mixed_sample_png_every = t.num_epochs
+    if minutes is not None:
+        # wall-clock budget: after the first epoch, fix the epoch count so that training ends in time
+        start, original = time.time(), t.on_epoch_end
+        t.num_epochs = 10_000
+
+        def on_epoch_end():
+            if t.current_epoch == 0:
+                per_epoch = time.time() - start
+                t.num_epochs = max(2, int(60 * minutes / per_epoch))
+                t.print_to_log_file(f"wall-clock budget {minutes} min: {t.num_epochs} epochs of "
+                                    f"{iterations_per_epoch} iterations ({per_epoch:.1f} s for the first)")
+            original()
+        t.on_epoch_end = on_epoch_end
+    maybe_load_checkpoint(t, False, False, pretrained)
+    t.run_training()
+
+
+def trained_iterations(fold: str) -> Optional[dict]:
+    """Epochs, iterations and the logged M3HL terms of a finished fold (from its final checkpoint)."""
+    from nnunetv2_m3hl.checkpointing import load_checkpoint_safely
+    ckpt = load_checkpoint_safely(os.path.join(fold, 'checkpoint_final.pth'))
+    logging = ckpt['logging']
+    out = {'epochs': int(ckpt['current_epoch'])}
+    for key in ('train_losses', 'mix_losses', 'high_losses', 'low_losses', 'pseudo_fg_share'):
+        if key in logging:
+            out[key] = [float(v) for v in logging[key]]
+    return out
+
+
+def fold_folder(results: str, dataset_name: str, trainer: str, plans: str, configuration: str) -> str:
+    return os.path.join(results, dataset_name, f'{trainer}__{plans}__{configuration}', 'fold_0')
+
+
+def train_spec(spec: str, args, dataset_name: str, seed: int) -> tuple:
+    """Train every stage of a spec (``A`` or ``A+B``); returns ({scored model name: (fold, checkpoint)}, the
+    spec's nnU-Net environment)."""
+    cfg = DATASETS[args.dataset]
+    plans = plans_name(args.budget)
+    stages = spec.split('+')
+    slug = spec.replace('+', '_then_')
+    results_root = f'nnUNet_results_seed{seed}_{slug}'
+    env = nnunet_env(args.workdir, results_root)
+    if len(stages) == 1:
+        budgets = [(args.iterations, args.minutes)]
+    else:
+        f = args.pretrain_fraction
+        budgets = [(round(args.iterations * f), None if args.minutes is None else args.minutes * f),
+                   (args.iterations - round(args.iterations * f),
+                    None if args.minutes is None else args.minutes * (1 - f))]
+    pretrained = None
+    for stage, (iterations, minutes) in zip(stages, budgets):
+        fold = fold_folder(env['nnUNet_results'], dataset_name, stage, plans, cfg['configuration'])
+        if not os.path.isfile(os.path.join(fold, 'checkpoint_final.pth')):
+            log(f"seed {seed}, {spec}: training {stage} ({iterations} iterations"
+                + (f", {minutes:.1f} min" if minutes else '') + (", from the previous stage)" if pretrained else ')'))
+            os.makedirs(os.path.join(args.workdir, 'logs'), exist_ok=True)
+            run([sys.executable, os.path.abspath(__file__), '_train', str(cfg['id']), cfg['configuration'], plans,
+                 stage, str(iterations), str(minutes), str(seed), args.device, str(pretrained)], env,
+                os.path.join(args.workdir, 'logs', f'seed{seed}_{slug}_{stage}.log'))
+        pretrained = os.path.join(fold, 'checkpoint_final.pth')
+    models = {spec: (fold, 'checkpoint_final.pth')}
+    if os.path.isfile(os.path.join(fold, TEACHER_CHECKPOINT)):
+        models[f'{spec} (teacher)'] = (fold, TEACHER_CHECKPOINT)
+    return models, env
+
+
+def predict_and_score(model: str, fold: str, checkpoint: str, env: Dict[str, str], args, dataset_name: str,
+                      seed: int) -> dict:
+    from nnunetv2_m3hl.evaluation import evaluate_folders
+    cfg = DATASETS[args.dataset]
+    raw = os.path.join(env['nnUNet_raw'], dataset_name)
+    slug = model.replace('+', '_then_').replace(' (teacher)', '_teacher')
+    out = os.path.join(args.workdir, 'predictions', f'seed{seed}', slug)
+    expected = sorted(os.listdir(os.path.join(raw, 'labelsTs')))
+    if not all(os.path.isfile(os.path.join(out, f)) for f in expected):
+        log(f"seed {seed}: predicting the test set with {model}")
+        trainer = os.path.basename(os.path.dirname(fold)).split('__')[0]
+        run([os.path.join(os.path.dirname(sys.executable), 'nnUNetv2_predict'), '-i', os.path.join(raw, 'imagesTs'),
+             '-o', out, '-d', str(cfg['id']), '-c', cfg['configuration'], '-f', '0', '-tr', trainer,
+             '-p', plans_name(args.budget), '-chk', checkpoint, '-device', args.device, '-npp', '1', '-nps', '1',
+             '--disable_progress_bar'], env, os.path.join(args.workdir, 'logs', f'predict_seed{seed}_{slug}.log'))
+    metrics = evaluate_folders(os.path.join(raw, 'labelsTs'), out, os.path.join(out, 'metrics.json'),
+                               convention='paper', largest_component=args.dataset == 'la', verbose=False)
+    return metrics
+
+
+def summarize(store: dict, dataset: str, labeled: int) -> str:
+    """Markdown table: per model, mean ± std over seeds of the four metrics and of the Dice gain."""
+    runs = store['runs']
+    models = sorted({m for r in runs.values() for m in r['models']}, key=lambda m: (m != 'nnUNetTrainer', m))
+    lines = [f"| model | seeds | Dice (%) | Jaccard (%) | 95HD (voxels) | ASD (voxels) | Dice gain over "
+             f"nnUNetTrainer (points) | cases better / worse |", '|---|---|---|---|---|---|---|---|']
+    for m in models:
+        per_seed = [r['models'][m] for r in runs.values() if m in r['models']]
+        values = {k: np.array([p['mean'][k] for p in per_seed]) for k in ('dice', 'jaccard', 'hd95', 'asd')}
+        gains, better, worse = [], 0, 0
+        for r in runs.values():
+            if m in r['models'] and 'nnUNetTrainer' in r['models'] and m != 'nnUNetTrainer':
+                gains.append(100 * (r['models'][m]['mean']['dice'] - r['models']['nnUNetTrainer']['mean']['dice']))
+                a, b = r['models'][m]['per_case_dice'], r['models']['nnUNetTrainer']['per_case_dice']
+                better += sum(a[c] > b[c] for c in a)
+                worse += sum(a[c] < b[c] for c in a)
+        fmt = lambda v, s=100: f"{s * v.mean():.2f} ± {s * v.std():.2f}"  # noqa: E731
+        gain = f"{np.mean(gains):+.2f} ± {np.std(gains):.2f}" if gains else ''
+        cases = f"{better} / {worse}" if gains else ''
+        lines.append(f"| {m} | {len(per_seed)} | {fmt(values['dice'])} | {fmt(values['jaccard'])} | "
+                     f"{fmt(values['hd95'], 1)} | {fmt(values['asd'], 1)} | {gain} | {cases} |")
+    for name, dice in ANCHORS.get((dataset, labeled), []):
+        lines.append(f"| {name}, published ({ANCHOR_BUDGET[dataset]}) | | {dice:.2f} | | | | | |")
+    return '\n'.join(lines)
+
+
+def save(store: dict, path: str) -> None:
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(store, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--dataset', choices=sorted(DATASETS), required=True)
+    p.add_argument('--data', required=True, help='ACDC root (official or SSL4MIS h5) or LA case folder')
+    p.add_argument('--labeled', type=int, required=True, help='labeled patients (ACDC) or scans (LA)')
+    p.add_argument('--workdir', required=True, help='folder for the converted data, plans, models and predictions')
+    p.add_argument('-o', '--output', required=True, help='results JSON (read first when it exists: resume)')
+    p.add_argument('--budget', choices=('cpu', 'gpu'), default='cpu')
+    p.add_argument('--trainers', nargs='+', default=['nnUNetTrainer', 'M3HLTrainer'],
+                   help="trainer specs; 'A+B' = A then B from A's weights at the same total budget")
+    p.add_argument('--seeds', nargs='+', type=int, default=[0])
+    p.add_argument('--iterations', type=int, default=None,
+                   help='iterations per trainer spec (default: 1000 for cpu; gpu: bounded by --minutes)')
+    p.add_argument('--minutes', type=float, default=None, help='wall-clock minutes per trainer spec (gpu: 4.5)')
+    p.add_argument('--pretrain-fraction', type=float, default=0.5, help="share of an 'A+B' spec's budget spent on A")
+    p.add_argument('--batch-size', type=int, default=None, help='batch size of the cpu plans (ACDC 4, LA 2)')
+    p.add_argument('--device', default=None)
+    args = p.parse_args(argv)
+    if args.budget == 'gpu':
+        args.minutes = args.minutes or 4.5
+        args.iterations = args.iterations or 10_000
+    args.iterations = args.iterations or 1000
+    if args.device is None:
+        import torch
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    args.workdir = os.path.abspath(args.workdir)
+    os.makedirs(args.workdir, exist_ok=True)
+    os.environ.setdefault('nnUNet_compile', 'f' if args.device == 'cpu' else 't')
+    os.environ.setdefault('nnUNet_n_proc_DA', '2' if args.device == 'cpu' else '8')
+    env = nnunet_env(args.workdir)
+    dataset_name = prepare_dataset(args.dataset, args.data, args.labeled, args.workdir, args.budget,
+                                   args.batch_size, env)
+    store = json.load(open(args.output)) if os.path.isfile(args.output) else {'runs': {}}
+    settings = {'dataset': args.dataset, 'labeled': args.labeled, 'budget': args.budget,
+                'configuration': DATASETS[args.dataset]['configuration'], 'plans': plans_name(args.budget),
+                'iterations_per_trainer': args.iterations, 'minutes_per_trainer': args.minutes,
+                'pretrain_fraction': args.pretrain_fraction, 'device': args.device}
+    plans = json.load(open(os.path.join(env['nnUNet_preprocessed'], dataset_name, f"{settings['plans']}.json")))
+    c = plans['configurations'][settings['configuration']]
+    settings.update({'patch_size': c['patch_size'], 'batch_size': c['batch_size'], 'spacing': c['spacing']})
+    if store.get('settings', settings) != settings:
+        raise SystemExit(f"{args.output} holds results of other settings ({store['settings']}); use another -o")
+    store['settings'] = settings
+    for seed in args.seeds:
+        entry = store['runs'].setdefault(str(seed), {'models': {}})
+        for spec in args.trainers:
+            if spec in entry['models']:
+                continue
+            t0 = time.time()
+            models, spec_env = train_spec(spec, args, dataset_name, seed)
+            train_seconds = time.time() - t0
+            for model, (fold, checkpoint) in models.items():
+                metrics = predict_and_score(model, fold, checkpoint, spec_env, args, dataset_name, seed)
+                entry['models'][model] = {
+                    'mean': metrics['mean'], 'per_class': metrics['per_class'],
+                    'per_case_dice': {case: float(np.mean([v['dice'] for v in per_class.values()]))
+                                      for case, per_class in metrics['per_case'].items()},
+                    'training': trained_iterations(fold), 'train_seconds_this_call': train_seconds}
+                log(f"seed {seed}: {model}: Dice {100 * metrics['mean']['dice']:.2f}  "
+                    f"per class {[round(100 * v['dice'], 1) for v in metrics['per_class'].values()]}")
+            store['table'] = summarize(store, args.dataset, args.labeled)
+            save(store, args.output)
+    print(summarize(store, args.dataset, args.labeled))
+
+
+if __name__ == '__main__':
+    if len(sys.argv) > 1 and sys.argv[1] == '_train':
+        _, _, did, conf, plans, trainer, iterations, minutes, seed, device, pretrained = sys.argv
+        train_one(int(did), conf, plans, trainer, int(iterations), None if minutes == 'None' else float(minutes),
+                  int(seed), device, None if pretrained == 'None' else pretrained)
+    else:
+        main()
