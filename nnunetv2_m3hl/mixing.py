@@ -139,3 +139,20 @@ def make_box_masks(n_masks: int, spatial_shape: Sequence[int], box_fraction: flo
         view[axis + 1] = size
         masks = masks * inside.view(view).float()
     return masks
+
+
+def copy_paste_halves(images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor):
+    """BCP's pre-training mix of labeled patches: the first half of the batch is pasted into the second half,
+    ``mixed = M * a + (1 - M) * b`` for ``a = batch[:n]``, ``b = batch[n:2n]``, ``n = B // 2``. Returns
+    ``n`` mixed images and labels (a batch of one is returned as it is).
+
+    ``images``: ``(B, C, *spatial)``; ``labels``: ``(B, 1, *spatial)``; ``masks``: ``(1 or n, *spatial)``.
+    """
+    n = images.shape[0] // 2
+    if n == 0:
+        return images, labels
+    m = masks.unsqueeze(1).to(images.dtype)
+    a, b = slice(0, n), slice(n, 2 * n)
+    mixed_images = m * images[a] + (1 - m) * images[b]
+    mixed_labels = torch.where(m.bool(), labels[a], labels[b])
+    return mixed_images, mixed_labels

@@ -15,6 +15,7 @@ BIN = os.path.dirname(sys.executable)
 USER_TRAINERS = '''
 import os
 import torch
+from nnunetv2_m3hl.trainers.bcp_trainers import BCPTrainer, BCPTrainer_pretrain
 from nnunetv2_m3hl.trainers.m3hl_trainer import M3HLTrainer
 
 
@@ -39,6 +40,25 @@ class M3HLTrainer_test_warmup(M3HLTrainer_test):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 2
         self.supervised_warmup_fraction = 0.5
+
+
+def _short(trainer):
+    trainer.num_epochs = 1
+    trainer.num_iterations_per_epoch = 4
+    trainer.num_val_iterations_per_epoch = 1
+
+
+class BCPTrainer_pretrain_test(BCPTrainer_pretrain):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _short(self)
+
+
+class BCPTrainer_test(BCPTrainer):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _short(self)
+        self.mixed_sample_png_every = 0
 '''
 
 

@@ -6,7 +6,8 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 from nnunetv2_m3hl import trainer_path
 
 VARIANTS = ['M3HLTrainer', 'M3HLTrainer_noHL', 'M3HLTrainer_noHigh', 'M3HLTrainer_noLow', 'M3HLTrainer_noLCC',
-            'M3HLTrainer_BCP', 'M3HLTrainer_250epochs', 'M3HLTrainer_500epochs', 'M3HLTrainer_2epochs']
+            'M3HLTrainer_boxMask', 'M3HLTrainer_250epochs', 'M3HLTrainer_500epochs', 'M3HLTrainer_2epochs',
+            'BCPTrainer_pretrain', 'BCPTrainer']
 
 
 @pytest.mark.parametrize('name', VARIANTS)
@@ -27,4 +28,4 @@ def test_user_subclass_in_another_folder(monkeypatch, tmp_path):
 
 def test_trainer_folder_holds_only_trainer_modules():
     modules = [f for f in os.listdir(trainer_path()) if f.endswith('.py') and f != '__init__.py']
-    assert sorted(modules) == ['m3hl_trainer.py', 'm3hl_variants.py']
+    assert sorted(modules) == ['bcp_trainers.py', 'm3hl_trainer.py', 'm3hl_variants.py']

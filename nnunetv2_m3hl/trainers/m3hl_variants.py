@@ -34,9 +34,10 @@ class M3HLTrainer_noLCC(M3HLTrainer):
         self.largest_component = False
 
 
-class M3HLTrainer_BCP(M3HLTrainer):
-    """BCP (Bai et al., CVPR 2023): one bidirectional copy-paste box of 2/3 of each axis instead of
-    block masks, no feature consistency."""
+class M3HLTrainer_boxMask(M3HLTrainer):
+    """Ablation of the mask shape: one box of 2/3 of each axis per couple (BCP's box) instead of block masks,
+    no feature consistency, no pre-training. Not BCP itself: that is ``BCPTrainer_pretrain`` then
+    ``BCPTrainer``."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.high_weight = 0.0
@@ -47,7 +48,8 @@ class M3HLTrainer_BCP(M3HLTrainer):
 
 
 class M3HLTrainer_warmup(M3HLTrainer):
-    """The first fifth of the epochs supervised only (BCP's pre-training stage), then M3HL from that model."""
+    """The first fifth of the epochs plain nnU-Net supervision on the labeled patches (nnU-Net's own step, no
+    copy-paste, so not BCP's pre-training stage), then M3HL with the teacher copied from that student."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.supervised_warmup_fraction = 0.2
