@@ -131,9 +131,10 @@ def train_one(dataset_id: int, configuration: str, plans: str, trainer: str, ite
     """Fold 0 of one trainer in this process (called through a subprocess with its own nnUNet_results)."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+    from nnunetv2_m3hl.determinism import make_loading_deterministic, seed_everything
+    seed_everything(seed)
     t = get_trainer_from_args(str(dataset_id), configuration, 0, trainer, plans, device=torch.device(device))
+    make_loading_deterministic(t, seed)
     iterations_per_epoch = 50
     t.num_iterations_per_epoch = iterations_per_epoch
     t.num_val_iterations_per_epoch = 5

@@ -3,9 +3,14 @@ excluded, measured side by side (interleaved) in one process.
 
     python benchmarks/step_cost.py                      # CPU, 2d and 3d_fullres
     python benchmarks/step_cost.py --device cuda        # on a GPU
+    python benchmarks/step_cost.py --dataset 271 -c 2d [-p nnUNetPlans]   # any planned dataset
 
-It writes a synthetic dataset into a temporary nnU-Net environment (or --workdir), plans it with
-nnU-Net, then for each configuration reports: mean step time of both trainers and their ratio; a
+Without ``--dataset`` it writes a synthetic dataset into a temporary nnU-Net environment (or --workdir) and
+plans it; with ``--dataset`` it uses the dataset as planned and preprocessed in the current nnUNet_raw /
+nnUNet_preprocessed (its unlabeled scans are preprocessed first when needed), e.g. the converted ACDC (2d) and LA
+(3d_fullres) benchmark datasets at their native plans.
+
+For each configuration it reports: mean step time of both trainers and their ratio; a
 breakdown of the M3HL step (teacher forward, pseudo-labels with connected components, masks and
 mixing, student forward+backward, EMA); peak memory of each trainer (the process's peak RSS on the
 CPU, max_memory_allocated during the steps on CUDA); and the batch throughput of the labeled+unlabeled loading pipeline vs
@@ -37,7 +42,16 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def prepare(workdir: str, configuration: str) -> int:
+def prepare(args, configuration: str) -> int:
+    """The dataset id to measure on, planned and with its unlabeled scans preprocessed."""
+    from nnunetv2_m3hl.unlabeled import preprocess_unlabeled
+    if args.dataset is not None:
+        preprocess_unlabeled(args.dataset, configuration, args.plans, num_processes=2, verbose=False)
+        return int(args.dataset) if str(args.dataset).isdigit() else args.dataset
+    return prepare_synthetic(args.workdir, configuration)
+
+
+def prepare_synthetic(workdir: str, configuration: str) -> int:
     from dataset_conversion.synthetic import make_synthetic_dataset
     from nnunetv2_m3hl import trainer_path
     os.environ.update({'nnUNet_raw': f'{workdir}/raw', 'nnUNet_preprocessed': f'{workdir}/preprocessed',
@@ -55,9 +69,9 @@ def prepare(workdir: str, configuration: str) -> int:
     return dataset_id
 
 
-def make_trainer(dataset_id, configuration, name, device):
+def make_trainer(dataset_id, configuration, name, device, plans='nnUNetPlans'):
     from nnunetv2.run.run_training import get_trainer_from_args
-    trainer = get_trainer_from_args(str(dataset_id), configuration, 0, name, device=device)
+    trainer = get_trainer_from_args(str(dataset_id), configuration, 0, name, plans, device=device)
     trainer.initialize()
     trainer.network.train()
     return trainer
@@ -118,15 +132,17 @@ def breakdown(trainer, x_l, target, x_u, device, repeats):
 def peak_memory_child(args, trainer_name):
     """Peak memory of the steps of one trainer, measured in a fresh process so that the two don't mix."""
     cmd = [sys.executable, __file__, '--workdir', args.workdir, '--device', args.device, '--configurations',
-           args.current, '--memory-of', trainer_name, '--steps', str(args.memory_steps)]
+           args.current, '--memory-of', trainer_name, '--steps', str(args.memory_steps), '-p', args.plans]
+    if args.dataset is not None:
+        cmd += ['--dataset', str(args.dataset)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])['peak_bytes']
 
 
 def memory_of(args):
     device = torch.device(args.device)
-    dataset_id = prepare(args.workdir, args.current)
-    trainer = make_trainer(dataset_id, args.current, args.memory_of, device)
+    dataset_id = prepare(args, args.current)
+    trainer = make_trainer(dataset_id, args.current, args.memory_of, device, args.plans)
     labeled, unlabeled = fixed_batches(trainer)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
@@ -178,10 +194,10 @@ def loader_throughput(trainer, n_batches):
 
 def benchmark(args, configuration):
     device = torch.device(args.device)
-    dataset_id = prepare(args.workdir, configuration)
+    dataset_id = prepare(args, configuration)
     torch.manual_seed(0)
-    base = make_trainer(dataset_id, configuration, 'nnUNetTrainer', device)
-    m3hl = make_trainer(dataset_id, configuration, 'M3HLTrainer', device)
+    base = make_trainer(dataset_id, configuration, 'nnUNetTrainer', device, args.plans)
+    m3hl = make_trainer(dataset_id, configuration, 'M3HLTrainer', device, args.plans)
     labeled, unlabeled = fixed_batches(m3hl)
     for _ in range(args.warmup):
         step(base, labeled, None)
@@ -195,7 +211,8 @@ def benchmark(args, configuration):
         else [labeled['target'].to(device)]
     phases = breakdown(m3hl, x_l, target, unlabeled.to(device), device, max(3, args.steps // 2))
     result = {
-        'configuration': configuration, 'device': args.device,
+        'dataset': 'synthetic' if args.dataset is None else m3hl.plans_manager.dataset_name,
+        'plans': args.plans, 'configuration': configuration, 'device': args.device,
         'patch_size': list(m3hl.configuration_manager.patch_size), 'batch_size': m3hl.batch_size,
         'nnUNetTrainer_step_s': float(np.median(t_base)), 'M3HLTrainer_step_s': float(np.median(t_m3hl)),
         'step_ratio': float(np.median(t_m3hl) / np.median(t_base)),
@@ -218,7 +235,9 @@ def benchmark(args, configuration):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
-    p.add_argument('--configurations', nargs='+', default=['2d', '3d_fullres'])
+    p.add_argument('--configurations', '-c', nargs='+', default=['2d', '3d_fullres'])
+    p.add_argument('--dataset', default=None, help='a planned dataset (name or id) instead of the synthetic one')
+    p.add_argument('-p', '--plans', default='nnUNetPlans', help='plans identifier (with --dataset)')
     p.add_argument('--steps', type=int, default=10)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--memory-steps', type=int, default=3)
@@ -240,12 +259,12 @@ def main():
         r = benchmark(args, configuration)
         results.append(r)
         print(json.dumps(r, indent=1), flush=True)
-    print('\n| config | device | patch x batch | nnUNetTrainer s/step | M3HLTrainer s/step | ratio | teacher fwd | '
+    print('\n| dataset | config | device | patch x batch | nnUNetTrainer s/step | M3HLTrainer s/step | ratio | teacher fwd | '
           'pseudo+LCC | masks+mix | student f+b | EMA | memory ratio |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|---|')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     for r in results:
         s = r['breakdown_share']
-        print(f"| {r['configuration']} | {r['device']} | {r['patch_size']} x {r['batch_size']} | "
+        print(f"| {r['dataset']} | {r['configuration']} | {r['device']} | {r['patch_size']} x {r['batch_size']} | "
               f"{r['nnUNetTrainer_step_s']:.3f} | {r['M3HLTrainer_step_s']:.3f} | {r['step_ratio']:.2f} | "
               f"{s['teacher forward']:.1%} | {s['pseudo-labels + LCC']:.1%} | {s['masks + mixing']:.1%} | "
               f"{s['student forward + backward']:.1%} | {s['EMA update']:.1%} | "

@@ -50,12 +50,14 @@ def write_single_fold_split(dataset_name: str, train: List[str], val: List[str])
 
 def train(dataset_id: int, trainer_name: str, epochs: int, iterations: int, device: str, seed: int,
           configuration: str = '2d') -> str:
-    """Train fold 0 in this process with an explicit budget; returns the fold folder."""
+    """Train fold 0 in this process with an explicit budget, reproducibly for a given seed; returns the fold
+    folder."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
-    torch.manual_seed(seed)
-    np.random.seed(seed)
+    from nnunetv2_m3hl.determinism import make_loading_deterministic, seed_everything
+    seed_everything(seed)
     trainer = get_trainer_from_args(str(dataset_id), configuration, 0, trainer_name, device=torch.device(device))
+    make_loading_deterministic(trainer, seed)
     trainer.num_epochs = epochs
     trainer.num_iterations_per_epoch = iterations
     trainer.num_val_iterations_per_epoch = max(2, iterations // 10)

@@ -86,13 +86,9 @@ def unlabeled_share_per_pair(masks: torch.Tensor, batch_size: int) -> torch.Tens
     return torch.where(odd, 1 - per_pair, per_pair).unsqueeze(1)
 
 
-def mutual_mix(x_labeled: torch.Tensor, y_labeled: torch.Tensor, x_unlabeled: torch.Tensor,
-               pseudo_labels: torch.Tensor, masks: torch.Tensor) -> MixedBatch:
-    """Mix images and targets of B (labeled, unlabeled) pairs with the couple masks.
-
-    ``x_*``: ``(B, C, *spatial)``; ``y_labeled``/``pseudo_labels``: ``(B, 1, *spatial)``;
-    ``masks``: ``(ceil(B/2), *spatial)``.
-    """
+def mix_images(x_labeled: torch.Tensor, x_unlabeled: torch.Tensor, masks: torch.Tensor):
+    """The mixed images of B (labeled, unlabeled) pairs and where each voxel came from the unlabeled image
+    ``(B, 1, *spatial)``. Needs no pseudo-labels, so the student can run before they are ready."""
     batch_size = x_labeled.shape[0]
     if x_unlabeled.shape != x_labeled.shape:
         raise ValueError(f"labeled and unlabeled batches differ in shape: {tuple(x_labeled.shape)} vs "
@@ -101,9 +97,23 @@ def mutual_mix(x_labeled: torch.Tensor, y_labeled: torch.Tensor, x_unlabeled: to
         raise ValueError(f"expected {number_of_couples(batch_size)} masks of shape {tuple(x_labeled.shape[2:])}, "
                          f"got {tuple(masks.shape)}")
     from_unlabeled = unlabeled_share_per_pair(masks.to(x_labeled.dtype), batch_size)
-    images = from_unlabeled * x_unlabeled + (1 - from_unlabeled) * x_labeled
-    targets = torch.where(from_unlabeled.bool(), pseudo_labels.to(y_labeled.dtype), y_labeled)
-    return MixedBatch(images, targets, from_unlabeled, masks)
+    return from_unlabeled * x_unlabeled + (1 - from_unlabeled) * x_labeled, from_unlabeled
+
+
+def mix_targets(y_labeled: torch.Tensor, pseudo_labels: torch.Tensor, from_unlabeled: torch.Tensor) -> torch.Tensor:
+    """The mixed targets: the pseudo-label where the voxel came from the unlabeled image, else the label."""
+    return torch.where(from_unlabeled.bool(), pseudo_labels.to(y_labeled.dtype), y_labeled)
+
+
+def mutual_mix(x_labeled: torch.Tensor, y_labeled: torch.Tensor, x_unlabeled: torch.Tensor,
+               pseudo_labels: torch.Tensor, masks: torch.Tensor) -> MixedBatch:
+    """Mix images and targets of B (labeled, unlabeled) pairs with the couple masks.
+
+    ``x_*``: ``(B, C, *spatial)``; ``y_labeled``/``pseudo_labels``: ``(B, 1, *spatial)``;
+    ``masks``: ``(ceil(B/2), *spatial)``.
+    """
+    images, from_unlabeled = mix_images(x_labeled, x_unlabeled, masks)
+    return MixedBatch(images, mix_targets(y_labeled, pseudo_labels, from_unlabeled), from_unlabeled, masks)
 
 
 def downsample_for_deep_supervision(maps: Sequence[torch.Tensor], scales: Optional[Sequence[Sequence[float]]]

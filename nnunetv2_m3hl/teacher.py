@@ -178,6 +178,13 @@ def largest_component_per_class(labels: torch.Tensor, num_classes: int, backend:
 
 
 @torch.no_grad()
+def hard_pseudo_labels(logits: torch.Tensor) -> torch.Tensor:
+    """The argmax over classes of the softmax ``(B, *spatial)``, before any cleanup (the same values as
+    ``pseudo_labels_from_logits`` starts from)."""
+    return torch.softmax(logits.float(), dim=1).argmax(dim=1)
+
+
+@torch.no_grad()
 def pseudo_labels_from_logits(logits: torch.Tensor, keep_largest_component: bool = True
                               ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Teacher logits ``(B, K, *spatial)`` -> (softmax probabilities, hard pseudo-labels ``(B, 1, *spatial)``).

@@ -21,3 +21,15 @@ def test_demo_trains_both_trainers_and_reports(tmp_path):
     assert summary['settings']['seed'] == 1 and summary['settings']['n_labeled'] == 2
     assert (out / 'overlays.png').stat().st_size > 0
     assert len(os.listdir(out / 'nnUNet_raw' / 'Dataset990_M3HLPhantom' / 'imagesUnlabeledTr')) == 3
+
+
+def test_same_seed_gives_identical_numbers(tmp_path):
+    env = dict(os.environ, nnUNet_n_proc_DA='2', nnUNet_compile='f')
+    summaries = []
+    for run in ('a', 'b'):
+        out = tmp_path / run
+        run_cli(['nnUNetv2_m3hl_demo', '-o', out, '--labeled', 2, '--unlabeled', 4, '--test', 2, '--epochs', 1,
+                 '--iterations', 6, '--device', 'cpu', '--seed', 3], env=env)
+        summaries.append(json.load(open(out / 'summary.json')))
+    for key in ('mean_dice', 'per_class_dice', 'per_case_dice'):
+        assert summaries[0][key] == summaries[1][key], key

@@ -8,6 +8,7 @@ from typing import List
 
 import numpy as np
 import torch
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from torch import autocast
@@ -25,12 +26,13 @@ from nnunetv2_m3hl.checkpointing import load_checkpoint_safely, save_atomically
 from nnunetv2_m3hl.features import HIGH_COSINE_PER_SAMPLE, FeatureTap, high_level_loss, low_level_loss, \
     unwrap_network
 from nnunetv2_m3hl.losses import RegionWeightedDiceCE
-from nnunetv2_m3hl.mixing import downsample_for_deep_supervision, make_block_masks, mutual_mix, \
-    number_of_couples
+from nnunetv2_m3hl.mixing import MixedBatch, downsample_for_deep_supervision, make_block_masks, mix_images, \
+    mix_targets, number_of_couples
+from nnunetv2_m3hl.overlap import PseudoLabelCleanup
 from nnunetv2_m3hl.pretrained import PretrainedWeightsWatcher, whole_model_state
 from nnunetv2_m3hl.progress import M3HLLocalLogger
 from nnunetv2_m3hl.step_guard import NonFiniteStepGuard
-from nnunetv2_m3hl.teacher import broadcast_teacher, ema_update, make_teacher, pseudo_labels_from_logits
+from nnunetv2_m3hl.teacher import broadcast_teacher, ema_update, hard_pseudo_labels, make_teacher
 from nnunetv2_m3hl.unlabeled import UnlabeledDataLoader, check_configuration_supported, n_proc_split, \
     preprocess_unlabeled, preprocessed_unlabeled_folder, unlabeled_identifiers
 from nnunetv2_m3hl.visualization import save_mixed_sample_png
@@ -69,6 +71,9 @@ class M3HLTrainer(nnUNetTrainer):
         self.low_weight = 1.0
         self.high_cosine_over = HIGH_COSINE_PER_SAMPLE  # one cosine per sample, as the reference code
         self.largest_component = True
+        # where the cleanup runs: 'sync', or overlapped with the student's forward: 'side_stream' (CUDA),
+        # 'host_thread' (scipy in a worker thread); every mode keeps the same voxels
+        self.pseudo_label_cleanup_mode = 'sync'
         self.unlabeled_batch_size = None  # None: the labeled batch size of this rank
         # share of the epochs trained on the labeled data alone before mixing starts (the pre-training stage
         # of BCP and the M3HL reference); the teacher then starts as a copy of that student
@@ -110,6 +115,7 @@ class M3HLTrainer(nnUNetTrainer):
         self.student_tap = FeatureTap(student)
         self.teacher_tap = FeatureTap(self.teacher)
         self._pretrained_watcher = PretrainedWeightsWatcher(student)
+        self.pseudo_label_cleanup = PseudoLabelCleanup(self.pseudo_label_cleanup_mode)
         mix_loss = RegionWeightedDiceCE(self.u_weight, self.label_manager.ignore_label)
         # same deep-supervision weights as nnU-Net's own loss
         self.mix_loss = DeepSupervisionWrapper(mix_loss, self.loss.weight_factors) \
@@ -236,19 +242,24 @@ class M3HLTrainer(nnUNetTrainer):
         with torch.no_grad(), self._autocast():
             teacher_logits = self.teacher(x_u)
             teacher_high, teacher_low = self.teacher_tap.pop()
-        _, pseudo = pseudo_labels_from_logits(teacher_logits, self.largest_component)
+        hard = hard_pseudo_labels(teacher_logits)
+        # the cleanup may run while the student computes: the student needs the mixed images only
+        cleaning = self.pseudo_label_cleanup.start(hard, teacher_logits.shape[1]) if self.largest_component else None
 
         masks = self.make_masks(number_of_couples(n_pairs), x_l.shape[2:], self.device)
-        mixed = mutual_mix(x_l, y_l, x_u, pseudo, masks)
+        images, from_unlabeled = mix_images(x_l, x_u, masks)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            output = self.network(images)
+        student_high, student_low = self.student_tap.pop()
+
+        pseudo = (hard if cleaning is None else cleaning.result()).unsqueeze(1)
+        mixed = MixedBatch(images, mix_targets(y_l, pseudo, from_unlabeled), from_unlabeled, masks)
         per_scale = downsample_for_deep_supervision([mixed.targets, mixed.from_unlabeled],
                                                     self._get_deep_supervision_scales())
         targets = [t for t, _ in per_scale]
         regions = [r for _, r in per_scale]
-
-        self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            output = self.network(mixed.images)
-            student_high, student_low = self.student_tap.pop()
             if self.enable_deep_supervision:
                 mix = self.mix_loss(output, targets, regions)
             else:
@@ -332,8 +343,9 @@ class M3HLTrainer(nnUNetTrainer):
 
     def on_train_end(self):
         super().on_train_end()
-        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+        if isinstance(self.dataloader_unlabeled, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
             self.dataloader_unlabeled._finish()
+        self.pseudo_label_cleanup.close()
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint(self, network_weights: dict, with_training_state: bool) -> dict:
