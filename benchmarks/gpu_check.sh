@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# GPU check: the step-cost benchmark on CUDA, then a 2-epoch 3d_fullres M3HL training (torch.compile and
-# AMP as nnU-Net uses them on CUDA) on a small synthetic dataset, then prediction of its test cases.
-# Usage: bash benchmarks/gpu_check.sh [OUTPUT_DIR]     (run from the repository root; about 8 minutes)
+# GPU check. Usage: bash benchmarks/gpu_check.sh [OUTPUT_DIR]        (run from the repository root)
+#
+# With real data (the benchmark datasets on the GPU machine):
+#   M3HL_ACDC=/data/ACDC M3HL_LA="/data/LA/2018LA_Seg_Training Set" bash benchmarks/gpu_check.sh
+# runs, at nnU-Net's native plans: the step cost on ACDC 2d and LA 3d_fullres with every pseudo-label cleanup
+# mode, the cleanup cost itself, and real_data.py --budget gpu on ACDC with 3 labeled patients (both trainers,
+# bounded by wall-clock time). Without them: the step cost and a short 3d training on synthetic phantoms.
+# Both variants are sized to fit 10 minutes of one H100/H200.
 set -euo pipefail
 out=${1:-${OUT:-gpu_check_out}}
 work=${M3HL_GPU_WORKDIR:-$(mktemp -d)}
 mkdir -p "$out"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-export nnUNet_raw=$work/raw nnUNet_preprocessed=$work/preprocessed nnUNet_results=$work/results
 export nnUNet_extTrainer="$PWD/nnunetv2_m3hl/trainers" nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-8}
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, nnunetv2; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
@@ -15,9 +19,34 @@ python3 -c "import torch, nnunetv2; print('torch', torch.__version__)" | tee -a 
 echo "== pseudo-label cleanup (largest connected component) on CUDA, earlier and current form"
 python3 benchmarks/lcc_cost.py --device cuda -o "$out/lcc_cost_cuda.json" 2>&1 | tee "$out/lcc_cost_cuda.log"
 
-echo "== step cost on CUDA (compile off, both trainers alike)"
+real_step_cost() {  # dataset id, configuration, folder of the prepared nnU-Net environment, name
+    nnUNet_raw=$3/nnUNet_raw nnUNet_preprocessed=$3/nnUNet_preprocessed nnUNet_results=$3/step_cost_results \
+    nnUNet_compile=f python3 benchmarks/step_cost.py --device cuda --dataset "$1" -c "$2" --steps 15 --warmup 3 \
+        --cleanup-modes sync side_stream host_thread --skip-loading -o "$out/step_cost_$4_cuda.json" \
+        2>&1 | tee "$out/step_cost_$4_cuda.log"
+}
+
+if [ -n "${M3HL_ACDC:-}" ] || [ -n "${M3HL_LA:-}" ]; then
+    if [ -n "${M3HL_ACDC:-}" ]; then
+        echo "== real ACDC, 3 labeled patients, native 2d plans"
+        python3 benchmarks/real_data.py --dataset acdc --data "$M3HL_ACDC" --labeled 3 --budget gpu --minutes 1.5 \
+            --workdir "$work/acdc3" -o "$out/real_acdc3_gpu.json" 2>&1 | tee "$out/real_acdc3_gpu.log" | tail -n 12
+        real_step_cost 271 2d "$work/acdc3" acdc_2d
+    fi
+    if [ -n "${M3HL_LA:-}" ]; then
+        echo "== real LA, 4 labeled scans, native 3d_fullres plans (step cost only)"
+        python3 benchmarks/real_data.py --dataset la --data "$M3HL_LA" --labeled 4 --budget gpu --prepare-only \
+            --workdir "$work/la4" -o "$out/real_la4_gpu.json" > "$out/real_la4_prepare.log" 2>&1
+        real_step_cost 281 3d_fullres "$work/la4" la_3d
+    fi
+    exit 0
+fi
+
+export nnUNet_raw=$work/raw nnUNet_preprocessed=$work/preprocessed nnUNet_results=$work/results
+echo "== step cost on CUDA, synthetic phantoms (compile off, both trainers alike)"
 nnUNet_compile=f python3 benchmarks/step_cost.py --device cuda --configurations 2d 3d_fullres --steps 20 \
-    --workdir "$work" -o "$out/step_cost_cuda.json" 2>&1 | tee "$out/step_cost_cuda.log"
+    --cleanup-modes sync side_stream host_thread --workdir "$work" -o "$out/step_cost_cuda.json" \
+    2>&1 | tee "$out/step_cost_cuda.log"
 
 echo "== 2-epoch 3d_fullres training with torch.compile"
 python3 -c "from dataset_conversion.synthetic import make_synthetic_dataset as m; m('$work/raw', 933, 6, 12, 2, shape=(64, 64, 64))"

@@ -39,7 +39,8 @@ def main() -> None:
                 sitk.GetArrayFromImage(sitk.ReadImage(f))
             read.append(time.perf_counter() - t)
         assert not problems, problems
-        result = {'dataset': os.path.basename(os.path.normpath(raw)) if args.raw else 'demo (4 labeled, 40 unlabeled, 12 test, 96x96)', 'files': n,
+        name = os.path.basename(os.path.normpath(raw)) if args.raw else 'demo (4 labeled, 40 unlabeled, 12 test, 96x96)'
+        result = {'dataset': name, 'files': n,
                   'megabytes': sum(os.path.getsize(f) for f in files) / 1e6,
                   'check_seconds_min': min(check), 'sitk_read_seconds_min': min(read),
                   'check_over_read': min(check) / min(read)}

@@ -231,8 +231,8 @@ def summarize(store: dict, dataset: str, labeled: int) -> str:
     """Markdown table: per model, mean ± std over seeds of the four metrics and of the Dice gain."""
     runs = store['runs']
     models = sorted({m for r in runs.values() for m in r['models']}, key=lambda m: (m != 'nnUNetTrainer', m))
-    lines = [f"| model | seeds | Dice (%) | Jaccard (%) | 95HD (voxels) | ASD (voxels) | Dice gain over "
-             f"nnUNetTrainer (points) | cases better / worse |", '|---|---|---|---|---|---|---|---|']
+    lines = ["| model | seeds | Dice (%) | Jaccard (%) | 95HD (voxels) | ASD (voxels) | Dice gain over "
+             "nnUNetTrainer (points) | cases better / worse |", '|---|---|---|---|---|---|---|---|']
     for m in models:
         per_seed = [r['models'][m] for r in runs.values() if m in r['models']]
         values = {k: np.array([p['mean'][k] for p in per_seed]) for k in ('dice', 'jaccard', 'hd95', 'asd')}
@@ -277,6 +277,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument('--pretrain-fraction', type=float, default=0.5, help="share of an 'A+B' spec's budget spent on A")
     p.add_argument('--batch-size', type=int, default=None, help='batch size of the cpu plans (ACDC 4, LA 2)')
     p.add_argument('--device', default=None)
+    p.add_argument('--prepare-only', action='store_true', help='convert, plan and preprocess, then stop')
     args = p.parse_args(argv)
     if args.budget == 'gpu':
         args.minutes = args.minutes or 4.5
@@ -292,6 +293,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     env = nnunet_env(args.workdir)
     dataset_name = prepare_dataset(args.dataset, args.data, args.labeled, args.workdir, args.budget,
                                    args.batch_size, env)
+    if args.prepare_only:
+        print(f"{dataset_name} prepared in {args.workdir}")
+        return
     store = json.load(open(args.output)) if os.path.isfile(args.output) else {'runs': {}}
     settings = {'dataset': args.dataset, 'labeled': args.labeled, 'budget': args.budget,
                 'configuration': DATASETS[args.dataset]['configuration'], 'plans': plans_name(args.budget),

@@ -202,10 +202,18 @@ def benchmark(args, configuration):
     for _ in range(args.warmup):
         step(base, labeled, None)
         step(m3hl, labeled, unlabeled)
-    t_base, t_m3hl = [], []
-    for _ in range(args.steps):  # interleaved, so that load on the machine hits both alike
+    from nnunetv2_m3hl.overlap import PseudoLabelCleanup
+    cleanups = {mode: PseudoLabelCleanup(mode) for mode in args.cleanup_modes}
+    t_base, t_by_mode = [], {mode: [] for mode in cleanups}
+    for _ in range(args.steps):  # interleaved, so that load on the machine hits all alike
         t_base.append(timed(lambda: step(base, labeled, None), device))
-        t_m3hl.append(timed(lambda: step(m3hl, labeled, unlabeled), device))
+        for mode, cleanup in cleanups.items():
+            m3hl.pseudo_label_cleanup = cleanup
+            t_by_mode[mode].append(timed(lambda: step(m3hl, labeled, unlabeled), device))
+    for cleanup in cleanups.values():
+        cleanup.close()
+    m3hl.pseudo_label_cleanup = PseudoLabelCleanup('sync')
+    t_m3hl = t_by_mode[args.cleanup_modes[0]]
     x_l = labeled['data'].to(device)
     target = [t.to(device) for t in labeled['target']] if isinstance(labeled['target'], list) \
         else [labeled['target'].to(device)]
@@ -216,6 +224,8 @@ def benchmark(args, configuration):
         'patch_size': list(m3hl.configuration_manager.patch_size), 'batch_size': m3hl.batch_size,
         'nnUNetTrainer_step_s': float(np.median(t_base)), 'M3HLTrainer_step_s': float(np.median(t_m3hl)),
         'step_ratio': float(np.median(t_m3hl) / np.median(t_base)),
+        'M3HLTrainer_step_s_by_cleanup_mode': {m: float(np.median(t)) for m, t in t_by_mode.items()},
+        'step_ratio_by_cleanup_mode': {m: float(np.median(t) / np.median(t_base)) for m, t in t_by_mode.items()},
         'breakdown_s': phases,
         'breakdown_share': {k: v / sum(phases.values()) for k, v in phases.items()},
     }
@@ -240,6 +250,9 @@ def main():
     p.add_argument('-p', '--plans', default='nnUNetPlans', help='plans identifier (with --dataset)')
     p.add_argument('--steps', type=int, default=10)
     p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('--cleanup-modes', nargs='+', default=['sync'],
+                   help="pseudo-label cleanup modes to time (sync, side_stream, host_thread); the first one gives "
+                        "the headline ratio")
     p.add_argument('--memory-steps', type=int, default=3)
     p.add_argument('--loader-batches', type=int, default=20)
     p.add_argument('--workdir', default=None, help='reuse an nnU-Net environment across runs')

@@ -1,5 +1,4 @@
 """Truncated scans at every cut point, through every entry point that reads or copies scans."""
-import gzip
 import os
 import shutil
 import zlib
@@ -91,7 +90,8 @@ def test_check_dataset_command_names_every_cut_file(nnunet_env, planned_2d, tmp_
     raw = nnunet_env / 'raw' / planned_2d
     copy = tmp_path / 'raw' / planned_2d
     shutil.copytree(raw, copy)
-    proc = run_cli(['nnUNetv2_m3hl_check_dataset', '-d', planned_2d], env=dict(os.environ, nnUNet_raw=str(tmp_path / 'raw')))
+    env = dict(os.environ, nnUNet_raw=str(tmp_path / 'raw'))
+    proc = run_cli(['nnUNetv2_m3hl_check_dataset', '-d', planned_2d], env=env)
     assert 'all complete' in proc.stdout
     label = sorted((copy / 'labelsTr').iterdir())[0]
     unlabeled = sorted((copy / 'imagesUnlabeledTr').iterdir())[0]
@@ -100,8 +100,7 @@ def test_check_dataset_command_names_every_cut_file(nnunet_env, planned_2d, tmp_
     n, problems = check_dataset_files(str(copy), verbose=False)
     assert len(problems) == 2 and n == sum(len(os.listdir(copy / s)) for s in
                                            ('imagesTr', 'labelsTr', 'imagesUnlabeledTr', 'imagesTs', 'labelsTs'))
-    proc = run_cli(['nnUNetv2_m3hl_check_dataset', '-d', planned_2d], check=False,
-                   env=dict(os.environ, nnUNet_raw=str(tmp_path / 'raw')))
+    proc = run_cli(['nnUNetv2_m3hl_check_dataset', '-d', planned_2d], check=False, env=env)
     assert proc.returncode == 2 and label.name in proc.stderr and unlabeled.name in proc.stderr
     assert 'Traceback' not in proc.stderr
 

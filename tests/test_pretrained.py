@@ -64,7 +64,8 @@ def test_same_labels_start_student_and_teacher_from_the_whole_model(nnunet_env, 
     train_from('M3HLTrainer_test_pretrained', tmp_path / 'pretrained.pth')
     assert_equal_states(first_step_states['student'], weights)   # heads included
     assert_equal_states(first_step_states['teacher'], weights)
-    log = open(sorted((nnunet_env / 'results').rglob('M3HLTrainer_test_pretrained__*/fold_0/training_log_*.txt'))[-1]).read()
+    logs = (nnunet_env / 'results').rglob('M3HLTrainer_test_pretrained__*/fold_0/training_log_*.txt')
+    log = open(sorted(logs)[-1]).read()
     assert 'segmentation heads included' in log
 
 
