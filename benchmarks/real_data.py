@@ -232,7 +232,7 @@ def summarize(store: dict, dataset: str, labeled: int) -> str:
     runs = store['runs']
     models = sorted({m for r in runs.values() for m in r['models']}, key=lambda m: (m != 'nnUNetTrainer', m))
     lines = ["| model | seeds | Dice (%) | Jaccard (%) | 95HD (voxels) | ASD (voxels) | Dice gain over "
-             "nnUNetTrainer (points) | cases better / worse |", '|---|---|---|---|---|---|---|---|']
+             "nnUNetTrainer (points) | cases better / worse | Dice per class (%) |", '|---|---|---|---|---|---|---|---|---|']
     for m in models:
         per_seed = [r['models'][m] for r in runs.values() if m in r['models']]
         values = {k: np.array([p['mean'][k] for p in per_seed]) for k in ('dice', 'jaccard', 'hd95', 'asd')}
@@ -246,10 +246,12 @@ def summarize(store: dict, dataset: str, labeled: int) -> str:
         fmt = lambda v, s=100: f"{s * v.mean():.2f} ± {s * v.std():.2f}"  # noqa: E731
         gain = f"{np.mean(gains):+.2f} ± {np.std(gains):.2f}" if gains else ''
         cases = f"{better} / {worse}" if gains else ''
+        classes = sorted({c for p in per_seed for c in p.get('per_class', {})}, key=int)
+        per_class = ' / '.join(f"{100 * np.mean([p['per_class'][c]['dice'] for p in per_seed]):.1f}" for c in classes)
         lines.append(f"| {m} | {len(per_seed)} | {fmt(values['dice'])} | {fmt(values['jaccard'])} | "
-                     f"{fmt(values['hd95'], 1)} | {fmt(values['asd'], 1)} | {gain} | {cases} |")
+                     f"{fmt(values['hd95'], 1)} | {fmt(values['asd'], 1)} | {gain} | {cases} | {per_class} |")
     for name, dice in ANCHORS.get((dataset, labeled), []):
-        lines.append(f"| {name}, published ({ANCHOR_BUDGET[dataset]}) | | {dice:.2f} | | | | | |")
+        lines.append(f"| {name}, published ({ANCHOR_BUDGET[dataset]}) | | {dice:.2f} | | | | | | |")
     return '\n'.join(lines)
 
 

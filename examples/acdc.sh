@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# ACDC, SSL4MIS protocol: official data -> M3HL and the nnU-Net baseline -> the papers' metrics side by side.
+# ACDC, SSL4MIS protocol: official or SSL4MIS h5 data -> M3HL and the nnU-Net baseline -> the papers' metrics side by side.
 # Usage: bash examples/acdc.sh /path/to/ACDC [LABELED_PATIENTS=7] [DATASET_ID=271]
+# /path/to/ACDC is the official release (training/patient<NNN>/) or the SSL4MIS h5 folder (data/ and *.list);
+# the converter detects which.
 # Needs nnUNet_raw, nnUNet_preprocessed and nnUNet_results exported. A GPU is assumed (add -device cpu to
 # nnUNetv2_train/nnUNetv2_predict otherwise).
 set -euo pipefail

@@ -8,8 +8,7 @@ identically from the parent; batchgeneratorsv2's transforms draw from torch, so 
 from the worker's numpy stream. The training process itself is seeded by the caller (torch and numpy).
 """
 import os
-from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAu
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-from nnunetv2_m3hl.unlabeled import n_proc_split
+from nnunetv2_m3hl.unlabeled import n_proc_da_environment, n_proc_split
 
 
 class TorchSeededTransforms:
@@ -47,19 +46,6 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-@contextmanager
-def _n_proc_da(n: int) -> Iterator[None]:
-    old = os.environ.get('nnUNet_n_proc_DA')
-    os.environ['nnUNet_n_proc_DA'] = str(n)
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ['nnUNet_n_proc_DA']
-        else:
-            os.environ['nnUNet_n_proc_DA'] = old
-
-
 def seeded_augmenter(single_threaded: SingleThreadedAugmenter, num_processes: int, seed: int,
                      pin_memory: bool = False):
     """The loader behind ``single_threaded`` in ``num_processes`` seeded workers, in a fixed order (0: it stays in
@@ -80,7 +66,8 @@ def make_loading_deterministic(trainer, seed: int) -> None:
 
     def get_dataloaders():
         n = get_allowed_n_proc_DA()
-        with _n_proc_da(0):  # build nnU-Net's (and M3HL's) loaders in the main process, then seed their workers
+        # build nnU-Net's (and M3HL's) loaders in the main process, then put them behind seeded workers
+        with n_proc_da_environment(0):
             train, val = build()
         pin = trainer.device.type == 'cuda'
         unlabeled = getattr(trainer, 'dataloader_unlabeled', None)

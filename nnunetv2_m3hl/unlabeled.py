@@ -11,9 +11,10 @@ import json
 import multiprocessing
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from time import sleep
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 from batchgenerators.utilities.file_and_folder_operations import join, load_json, load_pickle, write_pickle
 from tqdm import tqdm
@@ -323,6 +324,20 @@ def check_configuration_supported(configuration_manager: ConfigurationManager, l
     if configuration_manager.previous_stage_name is not None:
         raise UnlabeledDataError("M3HL does not support cascade stages (3d_cascade_fullres); use 2d, 3d_fullres "
                                  "or 3d_lowres.")
+
+
+@contextmanager
+def n_proc_da_environment(n: int) -> Iterator[None]:
+    """nnU-Net sizes its loaders from nnUNet_n_proc_DA; set it to ``n`` while they are built."""
+    old = os.environ.get('nnUNet_n_proc_DA')
+    os.environ['nnUNet_n_proc_DA'] = str(n)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ['nnUNet_n_proc_DA']
+        else:
+            os.environ['nnUNet_n_proc_DA'] = old
 
 
 def n_proc_split(n_proc_da: int) -> Tuple[int, int]:

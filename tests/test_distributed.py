@@ -124,3 +124,37 @@ def test_a_dying_rank_ends_the_run_instead_of_hanging(tmp_path):
     with pytest.raises(mp.ProcessExitedException, match='exit code 3'):
         _run_ranks(tmp_path, die_at_step=2)
     assert time.time() - start < 60
+
+
+def _pretrained_start_worker(rank: int, world_size: int, port: int, pretrained_file: str, result_file: str):
+    """Each rank starts from the same pretrained file the way the trainer does (whole model into student and
+    teacher), then the teacher broadcast of on_train_start runs."""
+    from nnunetv2_m3hl.pretrained import whole_model_state
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world_size)
+    torch.manual_seed(rank)  # every rank starts from other random weights
+    student = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 2, 1))
+    teacher = make_teacher(student)
+    state, _ = whole_model_state(torch.load(pretrained_file), student.state_dict(), {'background': 0, 'x': 1})
+    student.load_state_dict(state)
+    teacher.load_state_dict(student.state_dict())
+    broadcast_teacher(teacher)
+    flat = torch.cat([p.flatten() for p in list(student.parameters()) + list(teacher.parameters())])
+    gathered = [torch.zeros_like(flat) for _ in range(world_size)]
+    dist.all_gather(gathered, flat)
+    if rank == 0:
+        torch.save(torch.stack(gathered), result_file)
+    dist.destroy_process_group()
+
+
+def test_pretrained_start_is_the_same_on_every_rank(tmp_path):
+    torch.manual_seed(99)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 2, 1))
+    pretrained = tmp_path / 'pretrained.pth'
+    torch.save({'network_weights': model.state_dict(),
+                'init_args': {'dataset_json': {'labels': {'background': 0, 'x': 1}}}}, pretrained)
+    result = str(tmp_path / 'states.pt')
+    mp.spawn(_pretrained_start_worker, args=(2, _free_port(), str(pretrained), result), nprocs=2, join=True)
+    states = torch.load(result)
+    expected = torch.cat([p.flatten() for p in model.parameters()] * 2)
+    assert torch.equal(states[0], expected) and torch.equal(states[1], expected)

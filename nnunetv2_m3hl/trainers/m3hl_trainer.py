@@ -2,7 +2,6 @@
 as an nnU-Net v2 trainer. The algorithm lives in the package modules; this class only wires them
 into nnU-Net's hooks."""
 import os
-from contextlib import contextmanager
 from os.path import join
 from typing import List
 
@@ -33,25 +32,11 @@ from nnunetv2_m3hl.pretrained import PretrainedWeightsWatcher, whole_model_state
 from nnunetv2_m3hl.progress import M3HLLocalLogger
 from nnunetv2_m3hl.step_guard import NonFiniteStepGuard
 from nnunetv2_m3hl.teacher import broadcast_teacher, ema_update, hard_pseudo_labels, make_teacher
-from nnunetv2_m3hl.unlabeled import UnlabeledDataLoader, check_configuration_supported, n_proc_split, \
-    preprocess_unlabeled, preprocessed_unlabeled_folder, unlabeled_identifiers
+from nnunetv2_m3hl.unlabeled import UnlabeledDataLoader, check_configuration_supported, n_proc_da_environment, \
+    n_proc_split, preprocess_unlabeled, preprocessed_unlabeled_folder, unlabeled_identifiers
 from nnunetv2_m3hl.visualization import save_mixed_sample_png
 
 TEACHER_CHECKPOINT = 'checkpoint_final_teacher.pth'
-
-
-@contextmanager
-def _n_proc_da(n: int):
-    """nnU-Net sizes its loaders from nnUNet_n_proc_DA; lend the labeled loader its share of it."""
-    old = os.environ.get('nnUNet_n_proc_DA')
-    os.environ['nnUNet_n_proc_DA'] = str(n)
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ['nnUNet_n_proc_DA']
-        else:
-            os.environ['nnUNet_n_proc_DA'] = old
 
 
 def _cycle(batch: torch.Tensor, n: int) -> torch.Tensor:
@@ -179,7 +164,7 @@ class M3HLTrainer(nnUNetTrainer):
 
     def get_dataloaders(self):
         n_labeled, n_unlabeled = n_proc_split(get_allowed_n_proc_DA())
-        with _n_proc_da(n_labeled):
+        with n_proc_da_environment(n_labeled):
             dl_train, dl_val = super().get_dataloaders()
         self.dataloader_unlabeled = self.get_unlabeled_dataloader(n_unlabeled)
         return dl_train, dl_val
