@@ -14,6 +14,7 @@ from tqdm import tqdm
 from dataset_conversion.common import ConversionError, building, dataset_folder, safe_join
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+from nnunetv2_m3hl.integrity import check_dataset_files
 
 
 def make_ssl_dataset(source, n_labeled: int, target_id: int, seed: int = 0, overwrite: bool = False,
@@ -39,6 +40,10 @@ def make_ssl_dataset(source, n_labeled: int, target_id: int, seed: int = 0, over
     rng = np.random.default_rng(seed)
     labeled = sorted(rng.choice(identifiers, n_labeled, replace=False).tolist())
     target = dataset_folder(raw_root, target_id, name or f"{source_name.split('_', 1)[1]}SSL{n_labeled}")
+    _, incomplete = check_dataset_files(source_folder, verbose=False)
+    if incomplete:
+        raise ConversionError(f"{incomplete[0]} ({len(incomplete)} incomplete file(s) in {source_folder}; "
+                              f"nnUNetv2_m3hl_check_dataset -d {source} lists them all)")
     with building(target, overwrite) as tmp:
         for sub in ('imagesTr', 'labelsTr', 'imagesUnlabeledTr'):
             os.makedirs(os.path.join(tmp, sub))

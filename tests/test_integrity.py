@@ -135,3 +135,15 @@ def test_official_acdc_converter_refuses_a_cut_frame(tmp_path):
     cut(image, os.path.getsize(image) // 2)
     with pytest.raises(ConversionError, match='patient001_frame01.nii.gz'):
         check_pair(image, label)
+
+
+def test_make_ssl_dataset_refuses_a_source_with_a_cut_file(nnunet_env, planned_2d, tmp_path):
+    from dataset_conversion.common import ConversionError
+    from dataset_conversion.make_ssl import make_ssl_dataset
+    raw = tmp_path / 'raw'
+    shutil.copytree(nnunet_env / 'raw' / planned_2d, raw / planned_2d)
+    victim = sorted((raw / planned_2d / 'labelsTr').iterdir())[1]
+    cut(str(victim), os.path.getsize(victim) - 1)
+    with pytest.raises(ConversionError, match=victim.name):
+        make_ssl_dataset(planned_2d, 2, 951, raw_root=str(raw))
+    assert sorted(os.listdir(raw)) == [planned_2d]
