@@ -13,7 +13,7 @@ their original resolution. No checkpoint is chosen on the test set: each model i
 
 A trainer spec ``A+B`` is the two-stage recipe at the same total budget: ``A`` trained for
 ``--pretrain-fraction`` of the iterations, then ``B`` for the rest, started from ``A``'s final checkpoint with
-nnU-Net's own ``-pretrained_weights`` path.
+nnU-Net's own ``-pretrained_weights`` path; ``A``'s model is scored as well.
 
 Budgets:
 - ``cpu``: plans made by nnU-Net's planner with a coarser target spacing (ACDC 2d at 2 mm in plane, LA
@@ -190,7 +190,7 @@ def train_spec(spec: str, args, dataset_name: str, seed: int) -> tuple:
         budgets = [(round(args.iterations * f), None if args.minutes is None else args.minutes * f),
                    (args.iterations - round(args.iterations * f),
                     None if args.minutes is None else args.minutes * (1 - f))]
-    pretrained = None
+    pretrained, models = None, {}
     for stage, (iterations, minutes) in zip(stages, budgets):
         fold = fold_folder(env['nnUNet_results'], dataset_name, stage, plans, cfg['configuration'])
         if not os.path.isfile(os.path.join(fold, 'checkpoint_final.pth')):
@@ -201,10 +201,22 @@ def train_spec(spec: str, args, dataset_name: str, seed: int) -> tuple:
                  stage, str(iterations), str(minutes), str(seed), args.device, str(pretrained)], env,
                 os.path.join(args.workdir, 'logs', f'seed{seed}_{slug}_{stage}.log'))
         pretrained = os.path.join(fold, 'checkpoint_final.pth')
-    models = {spec: (fold, 'checkpoint_final.pth')}
+        if len(stages) > 1 and stage != stages[-1]:
+            # the model the next stage starts from, scored too: how much the later stage adds
+            models[stage_name(spec, stage)] = (fold, 'checkpoint_final.pth')
+    models[spec] = (fold, 'checkpoint_final.pth')
     if os.path.isfile(os.path.join(fold, TEACHER_CHECKPOINT)):
         models[f'{spec} (teacher)'] = (fold, TEACHER_CHECKPOINT)
     return models, env
+
+
+def stage_name(spec: str, stage: str) -> str:
+    return f'{stage} (first stage of {spec})'
+
+
+def expected_models(spec: str) -> List[str]:
+    stages = spec.split('+')
+    return [stage_name(spec, s) for s in stages[:-1]] + [spec]
 
 
 def predict_and_score(model: str, fold: str, checkpoint: str, env: Dict[str, str], args, dataset_name: str,
@@ -212,7 +224,8 @@ def predict_and_score(model: str, fold: str, checkpoint: str, env: Dict[str, str
     from nnunetv2_m3hl.evaluation import evaluate_folders
     cfg = DATASETS[args.dataset]
     raw = os.path.join(env['nnUNet_raw'], dataset_name)
-    slug = model.replace('+', '_then_').replace(' (teacher)', '_teacher')
+    slug = model.replace('+', '_then_').replace(' (teacher)', '_teacher').replace(' (first stage of ', '_stage1_of_') \
+        .rstrip(')')
     out = os.path.join(args.workdir, 'predictions', f'seed{seed}', slug)
     expected = sorted(os.listdir(os.path.join(raw, 'labelsTs')))
     if not all(os.path.isfile(os.path.join(out, f)) for f in expected):
@@ -312,12 +325,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     for seed in args.seeds:
         entry = store['runs'].setdefault(str(seed), {'models': {}})
         for spec in args.trainers:
-            if spec in entry['models']:
+            if all(m in entry['models'] for m in expected_models(spec)):
                 continue
             t0 = time.time()
             models, spec_env = train_spec(spec, args, dataset_name, seed)
             train_seconds = time.time() - t0
             for model, (fold, checkpoint) in models.items():
+                if model in entry['models']:
+                    continue
                 metrics = predict_and_score(model, fold, checkpoint, spec_env, args, dataset_name, seed)
                 entry['models'][model] = {
                     'mean': metrics['mean'], 'per_class': metrics['per_class'],

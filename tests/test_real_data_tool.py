@@ -43,4 +43,5 @@ def test_two_stage_specs_split_the_budget(real_data, tmp_path, monkeypatch):
     assert [(c[6], c[7]) for c in calls] == [('nnUNetTrainer', '300'), ('M3HLTrainer', '300')]
     assert calls[0][-1] == 'None'
     assert calls[1][-1].endswith('nnUNetTrainer__nnUNetPlans_cpu__2d/fold_0/checkpoint_final.pth')
-    assert list(models) == ['nnUNetTrainer+M3HLTrainer']
+    assert list(models) == ['nnUNetTrainer (first stage of nnUNetTrainer+M3HLTrainer)', 'nnUNetTrainer+M3HLTrainer']
+    assert real_data.expected_models('nnUNetTrainer+M3HLTrainer') == list(models)

@@ -60,8 +60,9 @@ class M3HLTrainer(nnUNetTrainer):
         # 'host_thread' (scipy in a worker thread); every mode keeps the same voxels
         self.pseudo_label_cleanup_mode = 'sync'
         self.unlabeled_batch_size = None  # None: the labeled batch size of this rank
-        # share of the epochs trained on the labeled data alone before mixing starts (the pre-training stage
-        # of BCP and the M3HL reference); the teacher then starts as a copy of that student
+        # share of the epochs trained with nnU-Net's own supervised step on the labeled patches before mixing
+        # starts (plain supervision, not BCP's copy-paste pre-training); the teacher then starts as a copy of
+        # that student
         self.supervised_warmup_fraction = 0.0
         # robustness and diagnostics
         self.max_consecutive_nonfinite = 20
