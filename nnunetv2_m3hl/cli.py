@@ -37,9 +37,11 @@ def preprocess_unlabeled_entry() -> None:
 
 def convert_acdc_entry() -> None:
     from dataset_conversion.acdc import DEFAULT_LABELED, convert_acdc
-    p = argparse.ArgumentParser(description='Convert the official ACDC release into an nnU-Net dataset with the '
-                                            'SSL4MIS protocol split (labeled / unlabeled / validation / test).')
-    p.add_argument('-i', required=True, help='ACDC root (holding training/patient<NNN>/)')
+    p = argparse.ArgumentParser(description='Convert ACDC (the official release or the SSL4MIS h5 preprocessing, '
+                                            'detected) into an nnU-Net dataset with the SSL4MIS protocol split '
+                                            '(labeled / unlabeled / validation / test).')
+    p.add_argument('-i', required=True, help='ACDC root: the official release (holding training/patient<NNN>/) or '
+                                             'the SSL4MIS folder (holding data/ and the *.list files)')
     group = p.add_mutually_exclusive_group()
     group.add_argument('--labeled', type=int, default=None,
                        help=f'number of labeled patients: the first N of the protocol order (default {DEFAULT_LABELED})')
