@@ -132,7 +132,10 @@ def train_one(dataset_id: int, configuration: str, plans: str, trainer: str, ite
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
     from nnunetv2_m3hl.determinism import make_loading_deterministic, seed_everything
-    seed_everything(seed)
+    # on a GPU, speed as users get it (cuDNN autotuning, as nnU-Net's run_training) over bit-exact repeats
+    seed_everything(seed, deterministic_kernels=device == 'cpu')
+    if device != 'cpu':
+        torch.backends.cudnn.benchmark = True
     t = get_trainer_from_args(str(dataset_id), configuration, 0, trainer, plans, device=torch.device(device))
     make_loading_deterministic(t, seed)
     iterations_per_epoch = 50

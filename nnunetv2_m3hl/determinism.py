@@ -26,8 +26,7 @@ class TorchSeededTransforms:
 
     def __init__(self, transforms: Callable):
         self.transforms = transforms
-        self._parent_pid = os.getpid()
-        self._configured_pid = self._parent_pid
+        self._configured_pid = os.getpid()
 
     def __call__(self, **data):
         if os.getpid() != self._configured_pid:
@@ -37,13 +36,15 @@ class TorchSeededTransforms:
         return self.transforms(**data)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed the training process: torch (CPU and CUDA) and numpy; deterministic kernels where torch has them."""
+def seed_everything(seed: int, deterministic_kernels: bool = True) -> None:
+    """Seed the training process: torch (CPU and CUDA) and numpy; with ``deterministic_kernels`` also the
+    deterministic kernels where torch has them (slower on GPUs: cuDNN's autotuning is off)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+    if deterministic_kernels:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
 
 
 def seeded_augmenter(single_threaded: SingleThreadedAugmenter, num_processes: int, seed: int,
