@@ -9,7 +9,7 @@ form a *couple* that shares one block mask ``M_j`` in opposite directions::
 An odd last pair has a couple (and a mask) of its own, so every batch size works.
 """
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
@@ -86,7 +86,8 @@ def unlabeled_share_per_pair(masks: torch.Tensor, batch_size: int) -> torch.Tens
     return torch.where(odd, 1 - per_pair, per_pair).unsqueeze(1)
 
 
-def mix_images(x_labeled: torch.Tensor, x_unlabeled: torch.Tensor, masks: torch.Tensor):
+def mix_images(x_labeled: torch.Tensor, x_unlabeled: torch.Tensor, masks: torch.Tensor
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The mixed images of B (labeled, unlabeled) pairs and where each voxel came from the unlabeled image
     ``(B, 1, *spatial)``. Needs no pseudo-labels, so the student can run before they are ready."""
     batch_size = x_labeled.shape[0]
@@ -151,7 +152,8 @@ def make_box_masks(n_masks: int, spatial_shape: Sequence[int], box_fraction: flo
     return masks
 
 
-def copy_paste_halves(images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor):
+def copy_paste_halves(images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
     """BCP's pre-training mix of labeled patches: the first half of the batch is pasted into the second half,
     ``mixed = M * a + (1 - M) * b`` for ``a = batch[:n]``, ``b = batch[n:2n]``, ``n = B // 2``. Returns
     ``n`` mixed images and labels (a batch of one is returned as it is).
