@@ -18,7 +18,7 @@ nnU-Net's own ``-pretrained_weights`` path; ``A``'s model is scored as well.
 Budgets:
 - ``cpu``: plans made by nnU-Net's planner with a coarser target spacing (ACDC 2d at 2 mm in plane, LA
   3d_fullres at 1.875 mm isotropic) and a smaller batch (``--batch-size``), ``--iterations`` per trainer.
-  Predictions are resampled by nnU-Net back to the original geometry.
+  Predictions are resampled by nnU-Net back to the original geometry. Default iterations: ACDC 600, LA 300.
 - ``gpu``: nnU-Net's native plans; each trainer trains until ``--minutes`` of wall-clock time are used (the
   epoch count is fixed after the first epoch from its measured duration).
 
@@ -39,8 +39,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DATASETS = {
     # id, configuration, target spacing of the CPU budget (numpy axis order), converter
-    'acdc': {'id': 271, 'configuration': '2d', 'cpu_spacing': [10.0, 2.0, 2.0], 'cpu_batch': 4},
-    'la': {'id': 281, 'configuration': '3d_fullres', 'cpu_spacing': [1.875, 1.875, 1.875], 'cpu_batch': 2},
+    # cpu_iterations: per trainer spec, sized from measured step times so that two trainers, their predictions and
+    # the preparation fit 75 minutes on a 2-core CPU (benchmarks/RESULTS.md)
+    'acdc': {'id': 271, 'configuration': '2d', 'cpu_spacing': [10.0, 2.0, 2.0], 'cpu_batch': 4, 'cpu_iterations': 600},
+    'la': {'id': 281, 'configuration': '3d_fullres', 'cpu_spacing': [1.875, 1.875, 1.875], 'cpu_batch': 2,
+           'cpu_iterations': 300},
 }
 # published means (Dice %) and their budgets, for scale
 ANCHORS = {
@@ -248,7 +251,7 @@ def summarize(store: dict, dataset: str, labeled: int) -> str:
     runs = store['runs']
     models = sorted({m for r in runs.values() for m in r['models']}, key=lambda m: (m != 'nnUNetTrainer', m))
     lines = ["| model | seeds | Dice (%) | Jaccard (%) | 95HD (voxels) | ASD (voxels) | Dice gain over "
-             "nnUNetTrainer (points) | cases better / worse | Dice per class (%) |", '|---|---|---|---|---|---|---|---|---|']
+             "nnUNetTrainer (points) | cases better / worse | Dice per class (%) |", '|---' * 9 + '|']
     for m in models:
         per_seed = [r['models'][m] for r in runs.values() if m in r['models']]
         values = {k: np.array([p['mean'][k] for p in per_seed]) for k in ('dice', 'jaccard', 'hd95', 'asd')}
@@ -290,7 +293,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                    help="trainer specs; 'A+B' = A then B from A's weights at the same total budget")
     p.add_argument('--seeds', nargs='+', type=int, default=[0])
     p.add_argument('--iterations', type=int, default=None,
-                   help='iterations per trainer spec (default: 1000 for cpu; gpu: bounded by --minutes)')
+                   help='iterations per trainer spec (cpu default: ACDC 600, LA 300; gpu: bounded by --minutes)')
     p.add_argument('--minutes', type=float, default=None, help='wall-clock minutes per trainer spec (gpu: 4.5)')
     p.add_argument('--pretrain-fraction', type=float, default=0.5, help="share of an 'A+B' spec's budget spent on A")
     p.add_argument('--batch-size', type=int, default=None, help='batch size of the cpu plans (ACDC 4, LA 2)')
@@ -300,7 +303,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.budget == 'gpu':
         args.minutes = args.minutes or 4.5
         args.iterations = args.iterations or 10_000
-    args.iterations = args.iterations or 1000
+    args.iterations = args.iterations or DATASETS[args.dataset]['cpu_iterations']
     if args.device is None:
         import torch
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
