@@ -112,3 +112,24 @@ def planned_2d(nnunet_env):
 def planned_3d(nnunet_env):
     make_synthetic_dataset(str(nnunet_env / 'raw'), 902, n_labeled=3, n_unlabeled=3, n_test=1, shape=(32, 32, 32))
     return _plan(902, '3d_fullres', nnunet_env, 2)
+
+
+@pytest.fixture
+def first_step_states(monkeypatch):
+    """Student and teacher weights when the first M3HL training step starts, whether that step was in the
+    warm-up, and the mix loss of every step."""
+    from nnunetv2_m3hl.features import unwrap_network
+    from nnunetv2_m3hl.trainers.m3hl_trainer import M3HLTrainer
+    seen = {'mix_losses': []}
+    original = M3HLTrainer.train_step
+
+    def recording_step(self, batch):
+        if 'student' not in seen:
+            seen['student'] = {k: v.clone() for k, v in unwrap_network(self.network).state_dict().items()}
+            seen['teacher'] = {k: v.clone() for k, v in self.teacher.state_dict().items()}
+            seen['warmup'] = self.in_supervised_warmup()
+        out = original(self, batch)
+        seen['mix_losses'].append(float(out['mix_loss']))
+        return out
+    monkeypatch.setattr(M3HLTrainer, 'train_step', recording_step)
+    return seen

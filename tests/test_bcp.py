@@ -5,10 +5,8 @@ import torch
 
 from nnunetv2.run.run_training import run_training
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2_m3hl.features import unwrap_network
 from nnunetv2_m3hl.mixing import copy_paste_halves, make_box_masks, mutual_mix
 from nnunetv2_m3hl.trainers.bcp_trainers import BCPTrainer
-from nnunetv2_m3hl.trainers.m3hl_trainer import M3HLTrainer
 from nnunetv2_m3hl.unlabeled import preprocess_unlabeled
 
 
@@ -39,7 +37,7 @@ def test_self_training_uses_one_box_per_batch_in_both_directions():
     assert (mixed.images[1, 0][box] == 1).all() and (mixed.images[1, 0][~box] == 0).all()
 
 
-def test_both_stages_take_place(nnunet_env, planned_2d, monkeypatch):
+def test_both_stages_take_place(nnunet_env, planned_2d, monkeypatch, first_step_states):
     preprocess_unlabeled(901, '2d', num_processes=1, verbose=False)
     stage1_batches = []
     original_step = nnUNetTrainer.train_step
@@ -57,18 +55,8 @@ def test_both_stages_take_place(nnunet_env, planned_2d, monkeypatch):
     with pytest.raises(RuntimeError, match='-pretrained_weights'):
         run_training('901', '2d', 0, 'BCPTrainer_test', device=torch.device('cpu'))
 
-    seen = {}
-    original = M3HLTrainer.train_step
-
-    def first_step(self, batch):
-        if not seen:
-            seen['student'] = {k: v.clone() for k, v in unwrap_network(self.network).state_dict().items()}
-            seen['teacher'] = {k: v.clone() for k, v in self.teacher.state_dict().items()}
-        out = original(self, batch)
-        seen.setdefault('mix_losses', []).append(float(out['mix_loss']))
-        return out
-    monkeypatch.setattr(M3HLTrainer, 'train_step', first_step)
     run_training('901', '2d', 0, 'BCPTrainer_test', pretrained_weights=str(best), device=torch.device('cpu'))
+    seen = first_step_states
     pretrained = torch.load(str(best), weights_only=False)['network_weights']
     for key, value in pretrained.items():
         assert torch.equal(seen['student'][key], value) and torch.equal(seen['teacher'][key], value), key

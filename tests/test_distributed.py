@@ -16,6 +16,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _save_every_ranks_parameters(parameters: list, world_size: int, rank: int, result_file: str) -> None:
+    """Gather the flattened parameters of every rank; rank 0 saves them stacked. Ends the process group."""
+    flat = torch.cat([p.flatten() for p in parameters])
+    gathered = [torch.zeros_like(flat) for _ in range(world_size)]
+    dist.all_gather(gathered, flat)
+    if rank == 0:
+        torch.save(torch.stack(gathered), result_file)
+    dist.destroy_process_group()
+
+
 def _worker(rank: int, world_size: int, port: int, result_file: str):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=world_size)
@@ -32,12 +42,7 @@ def _worker(rank: int, world_size: int, port: int, result_file: str):
         student(x).pow(2).mean().backward()
         opt.step()
         ema_update(teacher, student.module, 0.99)
-    flat = torch.cat([p.flatten() for p in teacher.parameters()])
-    gathered = [torch.zeros_like(flat) for _ in range(world_size)]
-    dist.all_gather(gathered, flat)
-    if rank == 0:
-        torch.save(torch.stack(gathered), result_file)
-    dist.destroy_process_group()
+    _save_every_ranks_parameters(list(teacher.parameters()), world_size, rank, result_file)
 
 
 def test_teachers_stay_identical_across_ranks(tmp_path):
@@ -139,12 +144,8 @@ def _pretrained_start_worker(rank: int, world_size: int, port: int, pretrained_f
     student.load_state_dict(state)
     teacher.load_state_dict(student.state_dict())
     broadcast_teacher(teacher)
-    flat = torch.cat([p.flatten() for p in list(student.parameters()) + list(teacher.parameters())])
-    gathered = [torch.zeros_like(flat) for _ in range(world_size)]
-    dist.all_gather(gathered, flat)
-    if rank == 0:
-        torch.save(torch.stack(gathered), result_file)
-    dist.destroy_process_group()
+    _save_every_ranks_parameters(list(student.parameters()) + list(teacher.parameters()), world_size, rank,
+                                 result_file)
 
 
 def test_pretrained_start_is_the_same_on_every_rank(tmp_path):

@@ -1,11 +1,8 @@
 """``-pretrained_weights`` through nnU-Net's own entry path: what student and teacher hold at the first step."""
-import pytest
 import torch
 
 from nnunetv2.run.run_training import get_trainer_from_args, run_training
-from nnunetv2_m3hl.features import unwrap_network
 from nnunetv2_m3hl.pretrained import whole_model_state
-from nnunetv2_m3hl.trainers.m3hl_trainer import M3HLTrainer
 from nnunetv2_m3hl.unlabeled import preprocess_unlabeled
 
 
@@ -28,22 +25,6 @@ def pretrained_checkpoint(path, other_labels: bool = False) -> dict:
                 checkpoint['network_weights'][key] = torch.randn((value.shape[0] + 1, *value.shape[1:]))
         torch.save(checkpoint, str(path))
     return checkpoint['network_weights']
-
-
-@pytest.fixture
-def first_step_states(monkeypatch):
-    """Student and teacher weights when the first training step starts."""
-    seen = {}
-    original = M3HLTrainer.train_step
-
-    def recording_step(self, batch):
-        if not seen:
-            seen['student'] = {k: v.clone() for k, v in unwrap_network(self.network).state_dict().items()}
-            seen['teacher'] = {k: v.clone() for k, v in self.teacher.state_dict().items()}
-            seen['warmup'] = self.in_supervised_warmup()
-        return original(self, batch)
-    monkeypatch.setattr(M3HLTrainer, 'train_step', recording_step)
-    return seen
 
 
 def train_from(trainer_name, weights_file):
