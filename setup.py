@@ -9,6 +9,7 @@ setup(
     long_description_content_type='text/markdown',
     packages=find_packages(include=['nnunetv2_m3hl', 'nnunetv2_m3hl.*', 'dataset_conversion',
                                     'dataset_conversion.*']),
+    package_data={'nnunetv2_m3hl': ['demo_reference.json']},
     python_requires='>=3.10',
     install_requires=[
         'nnunetv2>=2.8.1',

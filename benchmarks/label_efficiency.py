@@ -176,6 +176,27 @@ def write_result(path: str, settings: dict, runs: list, merge: bool = True) -> N
     os.replace(path + '.tmp', path)
 
 
+def export_demo_reference(results_path: str, out: str) -> None:
+    """The runs of ``results_path`` whose settings are the demo's defaults, per seed, with the command."""
+    from nnunetv2_m3hl.demo import DEFAULT_SETTINGS
+    from nnunetv2_m3hl.demo_expectation import reference_for
+    with open(results_path) as f:
+        results = json.load(f)
+    runs = [{'seed': r['seed'], 'mean_dice': r['mean_dice']} for r in results['runs']
+            if reference_for(dict(r['settings'], n_labeled=r['n_labeled']), {'settings': DEFAULT_SETTINGS})]
+    if not runs:
+        sys.exit(f"{results_path} holds no run with the demo's default settings {DEFAULT_SETTINGS}")
+    a = results['settings']
+    command = (f"python benchmarks/label_efficiency.py --labeled {DEFAULT_SETTINGS['n_labeled']} --seeds "
+               f"{' '.join(str(r['seed']) for r in runs)} --epochs {a['epochs']} --iterations {a['iterations']} "
+               f"--device {a['device']} --trainers {' '.join(a['trainers'])}")
+    with open(out + '.tmp', 'w') as f:
+        json.dump({'command': command, 'source': os.path.basename(results_path), 'settings': DEFAULT_SETTINGS,
+                   'runs': sorted(runs, key=lambda r: r['seed'])}, f, indent=1)
+    os.replace(out + '.tmp', out)
+    print(f"{len(runs)} seeds with the demo's settings written to {out}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--labeled', type=int, nargs='+', default=[2, 4, 8])
@@ -193,8 +214,15 @@ def main():
     p.add_argument('--retest', type=int, default=None, metavar='N',
                    help='only score the models already trained in --workdir on N test cases of the same seeds '
                         '(the first ones are the original test set); written to -o with _testN appended')
+    p.add_argument('--export-demo-reference', metavar='PATH', default=None,
+                   help="only write the runs of -o measured with the demo's default settings to PATH (the demo "
+                        "prints its result against their spread; the package's copy is "
+                        "nnunetv2_m3hl/demo_reference.json)")
     p.add_argument('-o', default='label_efficiency.json')
     args = p.parse_args()
+    if args.export_demo_reference:
+        export_demo_reference(args.o, args.export_demo_reference)
+        return
     os.environ.setdefault('nnUNet_n_proc_DA', '2')
     os.environ.setdefault('nnUNet_compile', 'f')
     from nnunetv2_m3hl.demo import run_comparison

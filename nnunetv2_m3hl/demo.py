@@ -16,6 +16,10 @@ from typing import Dict, List, Optional
 import numpy as np
 
 DEMO_DATASET_ID = 990
+# chosen for what they show: 4 labeled cases are few enough for the unlabeled scans to matter, and 5 x 60
+# iterations per trainer keep the whole demo within 15 minutes on a 2-core CPU
+DEFAULT_SETTINGS = {'n_labeled': 4, 'n_unlabeled': 40, 'n_test': 12, 'epochs': 5, 'iterations': 60,
+                    'shape': [96, 96]}
 TEACHER_SUFFIX = ' (teacher)'
 
 
@@ -111,7 +115,8 @@ def per_case_mean_dice(metrics: dict) -> Dict[str, float]:
 
 
 def run_comparison(output_folder: str, n_labeled: int, n_unlabeled: int, n_test: int, epochs: int, iterations: int,
-                   seed: int, device: str, shape=(96, 96), trainers=('M3HLTrainer', 'nnUNetTrainer'),
+                   seed: int, device: str, shape=tuple(DEFAULT_SETTINGS['shape']),
+                   trainers=('M3HLTrainer', 'nnUNetTrainer'),
                    dataset_id: int = DEMO_DATASET_ID, overlays: bool = True, verbose: bool = True) -> dict:
     """One synthetic task, every trainer with the same budget; returns the metrics per trainer."""
     from dataset_conversion.synthetic import make_synthetic_dataset
@@ -166,11 +171,13 @@ def run_comparison(output_folder: str, n_labeled: int, n_unlabeled: int, n_test:
 def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('-o', '--output', default='m3hl_demo', help='output folder (default: ./m3hl_demo)')
-    p.add_argument('--labeled', type=int, default=4, help='labeled training cases (default 4)')
-    p.add_argument('--unlabeled', type=int, default=40, help='unlabeled scans (default 40)')
-    p.add_argument('--test', type=int, default=12, help='labeled test cases (default 12)')
-    p.add_argument('--epochs', type=int, default=5, help='epochs per trainer (default 5)')
-    p.add_argument('--iterations', type=int, default=60, help='iterations per epoch (default 60)')
+    d = DEFAULT_SETTINGS
+    p.add_argument('--labeled', type=int, default=d['n_labeled'], help=f"labeled training cases (default {d['n_labeled']})")
+    p.add_argument('--unlabeled', type=int, default=d['n_unlabeled'], help=f"unlabeled scans (default {d['n_unlabeled']})")
+    p.add_argument('--test', type=int, default=d['n_test'], help=f"labeled test cases (default {d['n_test']})")
+    p.add_argument('--epochs', type=int, default=d['epochs'], help=f"epochs per trainer (default {d['epochs']})")
+    p.add_argument('--iterations', type=int, default=d['iterations'],
+                   help=f"iterations per epoch (default {d['iterations']})")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
     args = p.parse_args(argv)
@@ -186,6 +193,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     for name, dice in summary['mean_dice'].items():
         per_class = ' | '.join(f'{100 * v:.2f}' for v in summary['per_class_dice'][name].values())
         print(f'| {name} | {100 * dice:.2f} | {per_class} |')
+    from nnunetv2_m3hl.demo_expectation import describe, load_reference
+    print('\n' + '\n'.join(describe(summary['mean_dice'], summary['settings'], load_reference())))
     print(f"\nOverlays: {os.path.join(os.path.abspath(args.output), 'overlays.png')}; took {summary['seconds']:.0f} s")
 
 

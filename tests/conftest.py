@@ -17,6 +17,7 @@ import os
 import torch
 from nnunetv2_m3hl.trainers.bcp_trainers import BCPTrainer, BCPTrainer_pretrain
 from nnunetv2_m3hl.trainers.m3hl_trainer import M3HLTrainer
+from nnunetv2_m3hl.trainers.m3hl_variants import M3HLTrainer_lateTeacher
 
 
 class M3HLTrainer_test(M3HLTrainer):
@@ -40,6 +41,12 @@ class M3HLTrainer_test_warmup(M3HLTrainer_test):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 2
         self.supervised_warmup_fraction = 0.5
+
+
+class M3HLTrainer_test_lateTeacher(M3HLTrainer_lateTeacher):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _short(self)
 
 
 def _short(trainer):

@@ -30,6 +30,7 @@ from nnunetv2_m3hl.mixing import MixedBatch, downsample_for_deep_supervision, ma
 from nnunetv2_m3hl.overlap import PseudoLabelCleanup
 from nnunetv2_m3hl.pretrained import PretrainedWeightsWatcher, whole_model_state
 from nnunetv2_m3hl.progress import M3HLLocalLogger
+from nnunetv2_m3hl.schedule import ema_decay_at, teacher_terms_scale
 from nnunetv2_m3hl.step_guard import NonFiniteStepGuard
 from nnunetv2_m3hl.teacher import broadcast_teacher, ema_update, hard_pseudo_labels, make_teacher
 from nnunetv2_m3hl.unlabeled import UnlabeledDataLoader, check_configuration_supported, n_proc_da_environment, \
@@ -64,6 +65,12 @@ class M3HLTrainer(nnUNetTrainer):
         # starts (plain supervision, not BCP's copy-paste pre-training); the teacher then starts as a copy of
         # that student
         self.supervised_warmup_fraction = 0.0
+        # when the teacher's terms (pseudo-labeled regions, L_high, L_low) enter the loss, counted in mixing
+        # steps (see schedule.py); the reference: from the first step at full weight, constant EMA decay
+        self.teacher_join_steps = 0
+        self.teacher_rampup_fraction = 0.0  # share of the mixing steps over which those terms ramp up (sigmoid)
+        self.teacher_ema_warm_start = False  # decay min(1 - 1/(step + 1), ema_decay): no lingering random init
+        self.mixing_step = 0
         # robustness and diagnostics
         self.max_consecutive_nonfinite = 20
         self.mixed_sample_png_every = 50  # epochs; 0 disables
@@ -78,7 +85,8 @@ class M3HLTrainer(nnUNetTrainer):
     def m3hl_settings(self) -> dict:
         return {k: getattr(self, k) for k in (
             'blocks_per_axis', 'masked_ratio', 'u_weight', 'ema_decay', 'high_weight', 'low_weight',
-            'high_cosine_over', 'largest_component', 'unlabeled_batch_size', 'supervised_warmup_fraction')}
+            'high_cosine_over', 'largest_component', 'unlabeled_batch_size', 'supervised_warmup_fraction',
+            'teacher_join_steps', 'teacher_rampup_fraction', 'teacher_ema_warm_start')}
 
     @property
     def supervised_warmup_epochs(self) -> int:
@@ -86,6 +94,12 @@ class M3HLTrainer(nnUNetTrainer):
 
     def in_supervised_warmup(self) -> bool:
         return self.current_epoch < self.supervised_warmup_epochs
+
+    def teacher_terms_scale(self) -> float:
+        """Factor of the teacher's terms at the current mixing step (1 throughout for the reference step)."""
+        mixing_steps = (self.num_epochs - self.supervised_warmup_epochs) * self.num_iterations_per_epoch
+        ramp_steps = int(round(self.teacher_rampup_fraction * mixing_steps))
+        return teacher_terms_scale(self.mixing_step, self.teacher_join_steps, ramp_steps)
 
     def make_masks(self, n_masks: int, spatial_shape, device: torch.device) -> torch.Tensor:
         """Couple masks; variants override this to change the mixing pattern."""
@@ -103,6 +117,7 @@ class M3HLTrainer(nnUNetTrainer):
         self._pretrained_watcher = PretrainedWeightsWatcher(student)
         self.pseudo_label_cleanup = PseudoLabelCleanup(self.pseudo_label_cleanup_mode)
         mix_loss = RegionWeightedDiceCE(self.u_weight, self.label_manager.ignore_label)
+        self.region_loss = mix_loss
         # same deep-supervision weights as nnU-Net's own loss
         self.mix_loss = DeepSupervisionWrapper(mix_loss, self.loss.weight_factors) \
             if self.enable_deep_supervision else mix_loss
@@ -189,6 +204,8 @@ class M3HLTrainer(nnUNetTrainer):
     # ------------------------------------------------------------------ training
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
+        # derived from the epoch, so that a resumed training continues the schedule where it stopped
+        self.mixing_step = max(0, self.current_epoch - self.supervised_warmup_epochs) * self.num_iterations_per_epoch
         if self.supervised_warmup_epochs and self.current_epoch == self.supervised_warmup_epochs:
             # the student is identical on every rank, so are these copies
             self.teacher.load_state_dict(unwrap_network(self.network).state_dict())
@@ -224,6 +241,8 @@ class M3HLTrainer(nnUNetTrainer):
         y_l = _cycle(y_labeled, n_pairs).to(self.device, non_blocking=True)
         x_u = _cycle(x_unlabeled, n_pairs).to(self.device, non_blocking=True)
         use_hl = self.high_weight != 0 or self.low_weight != 0
+        scale = self.teacher_terms_scale()
+        self.region_loss.u_weight = self.u_weight * scale
 
         with torch.no_grad(), self._autocast():
             teacher_logits = self.teacher(x_u)
@@ -254,7 +273,7 @@ class M3HLTrainer(nnUNetTrainer):
             l_high = high_level_loss(student_high, teacher_high, self.high_cosine_over) \
                 if use_hl and self.high_weight else zero
             l_low = low_level_loss(student_low, teacher_low) if use_hl and self.low_weight else zero
-            loss = mix + (self.high_weight * l_high + self.low_weight * l_low) / 2
+            loss = mix + scale * (self.high_weight * l_high + self.low_weight * l_low) / 2
 
         if self._capture_example:
             self._keep_example(x_l, x_u, mixed, output)
@@ -272,7 +291,9 @@ class M3HLTrainer(nnUNetTrainer):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
-        ema_update(self.teacher, unwrap_network(self.network), self.ema_decay)
+        ema_update(self.teacher, unwrap_network(self.network),
+                   ema_decay_at(self.mixing_step, self.ema_decay, self.teacher_ema_warm_start))
+        self.mixing_step += 1
         return {'loss': loss.detach().cpu().numpy(), 'mix_loss': mix.detach().cpu().numpy(),
                 'high_loss': l_high.detach().float().cpu().numpy(), 'low_loss': l_low.detach().float().cpu().numpy(),
                 'pseudo_fg': (pseudo > 0).float().mean().cpu().numpy(), 'skipped': np.array(0.0)}
@@ -318,7 +339,8 @@ class M3HLTrainer(nnUNetTrainer):
         self.print_to_log_file(
             f"mix_loss {self.logger.get_value('mix_losses', -1):.4f}  L_high {self.logger.get_value('high_losses', -1):.4f}"
             f"  L_low {self.logger.get_value('low_losses', -1):.4f}  pseudo-label fg share "
-            f"{self.logger.get_value('pseudo_fg_share', -1):.4f}" + (f"  skipped steps {skipped:.0f}" if skipped else ''))
+            f"{self.logger.get_value('pseudo_fg_share', -1):.4f}" + (f"  skipped steps {skipped:.0f}" if skipped else '')
+            + (f"  teacher terms x{self.teacher_terms_scale():.3f}" if not self.in_supervised_warmup() else ''))
 
     def on_epoch_end(self):
         if self._example_panels is not None:

@@ -2,6 +2,7 @@
 import torch
 
 from nnunetv2_m3hl.mixing import make_box_masks
+from nnunetv2_m3hl.schedule import ema_horizon
 from nnunetv2_m3hl.trainers.m3hl_trainer import M3HLTrainer
 
 
@@ -53,6 +54,31 @@ class M3HLTrainer_warmup(M3HLTrainer):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.supervised_warmup_fraction = 0.2
+
+
+class M3HLTrainer_warmup10(M3HLTrainer):
+    """A shorter supervised warm-up: the first tenth of the epochs."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.supervised_warmup_fraction = 0.1
+
+
+class M3HLTrainer_rampup(M3HLTrainer):
+    """The teacher's terms (pseudo-labeled regions and feature consistency) ramp up with the mean-teacher
+    family's sigmoid over the first half of the training."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.teacher_rampup_fraction = 0.5
+
+
+class M3HLTrainer_lateTeacher(M3HLTrainer):
+    """The teacher joins once its EMA has averaged a full horizon (1 / (1 - ema_decay) = 100 steps) of the
+    student's iterates: until then the student trains on the labeled regions of the mixed images only, and the
+    EMA is warm-started so that no share of the teacher's random start is left when it joins."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.teacher_ema_warm_start = True
+        self.teacher_join_steps = ema_horizon(self.ema_decay)
 
 
 class M3HLTrainer_250epochs(M3HLTrainer):

@@ -1,0 +1,46 @@
+"""How the demo reads one run against the spread measured over seeds."""
+import json
+
+import pytest
+
+from nnunetv2_m3hl.demo import DEFAULT_SETTINGS
+from nnunetv2_m3hl.demo_expectation import REFERENCE_FILE, describe, gains_over_seeds, load_reference, \
+    reference_for, verdict
+
+
+def reference(gains_points, settings=DEFAULT_SETTINGS):
+    return {'settings': dict(settings), 'runs': [
+        {'seed': i, 'mean_dice': {'nnUNetTrainer': 0.80, 'M3HLTrainer': 0.80 + g / 100}}
+        for i, g in enumerate(gains_points)]}
+
+
+def test_a_difference_inside_the_spread_names_no_winner():
+    assert 'names no winner' in verdict(+1.5, [3.0, -1.0, 1.0])       # sd 2: within 4 points
+    assert 'names no winner' in verdict(-6.0, [3.0, 5.0, 4.0])        # large, but against the benchmark's sign
+    assert 'beyond twice that spread' in verdict(+6.0, [3.0, 5.0, 4.0])
+    assert 'cannot name a winner' in verdict(+6.0, [3.0])
+
+
+def test_only_a_reference_with_the_same_settings_is_used():
+    ref = reference([1.0, 2.0, 3.0])
+    assert reference_for(DEFAULT_SETTINGS, ref) is ref
+    assert reference_for(dict(DEFAULT_SETTINGS, n_labeled=8), ref) is None
+    assert reference_for(DEFAULT_SETTINGS, None) is None
+    assert gains_over_seeds(ref, 'M3HLTrainer') == pytest.approx([1.0, 2.0, 3.0])
+
+
+def test_describe_says_what_it_compared_with():
+    run = {'nnUNetTrainer': 0.80, 'M3HLTrainer': 0.81, 'M3HLTrainer (teacher)': 0.79}
+    lines = describe(run, dict(DEFAULT_SETTINGS, seed=0, device='cpu'), reference([1.0, 2.0, 3.0]))
+    assert lines[0].startswith('M3HLTrainer - nnUNetTrainer: +1.00') and 'over 3 seeds' in lines[0]
+    assert 'cannot name a winner' in lines[1]  # the teacher has no reference runs
+    lines = describe(run, dict(DEFAULT_SETTINGS, n_labeled=2), reference([1.0, 2.0, 3.0]))
+    assert all('over 3 seeds' not in line for line in lines) and 'default settings only' in lines[-1]
+
+
+def test_the_shipped_reference_holds_the_demo_settings_and_its_command():
+    shipped = load_reference()
+    assert shipped is not None, REFERENCE_FILE
+    assert reference_for(DEFAULT_SETTINGS, shipped) is shipped
+    assert 'label_efficiency.py' in shipped['command'] and len(shipped['runs']) >= 3
+    json.dumps(shipped)
