@@ -40,13 +40,17 @@ def gains_over_seeds(reference: dict, model: str) -> List[float]:
 
 
 def verdict(gain_points: float, reference_gains: List[float]) -> str:
-    """How to read one run's gain. A difference names a winner only when it is larger than twice the
-    seed-to-seed standard deviation of the gain and the benchmark's mean gain has the same sign."""
-    if len(reference_gains) < 2:
+    """How to read one run's gain. A difference names a winner only when the benchmark's mean gain is more than
+    two standard errors from 0, and this run's gain has its sign and is larger than twice the seed-to-seed
+    standard deviation (sample standard deviation, ``ddof=1``)."""
+    n = len(reference_gains)
+    if n < 2:
         return "no spread over seeds is known for these settings, so one run cannot name a winner"
     mean, spread = float(np.mean(reference_gains)), float(np.std(reference_gains, ddof=1))
-    seen = (f"over {len(reference_gains)} seeds with these settings the gain was {mean:+.2f} ± {spread:.2f} points "
+    seen = (f"over {n} seeds with these settings the gain was {mean:+.2f} ± {spread:.2f} points "
             f"(range {min(reference_gains):+.2f} to {max(reference_gains):+.2f})")
+    if abs(mean) <= 2 * spread / np.sqrt(n):
+        return f"{seen}, not distinguishable from 0, so this run's {gain_points:+.2f} names no winner"
     if abs(gain_points) <= 2 * spread or np.sign(gain_points) != np.sign(mean):
         return f"{seen}: this run's {gain_points:+.2f} lies within that noise, so it names no winner"
     return f"{seen}: this run's {gain_points:+.2f} is beyond twice that spread, in the benchmark's direction"

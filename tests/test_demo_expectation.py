@@ -19,6 +19,8 @@ def test_a_difference_inside_the_spread_names_no_winner():
     assert 'names no winner' in verdict(-6.0, [3.0, 5.0, 4.0])        # large, but against the benchmark's sign
     assert 'beyond twice that spread' in verdict(+6.0, [3.0, 5.0, 4.0])
     assert 'cannot name a winner' in verdict(+6.0, [3.0])
+    # a benchmark whose own mean is within two standard errors of 0 backs no single run
+    assert 'not distinguishable from 0' in verdict(+9.0, [4.0, -2.0, 1.0])
 
 
 def test_only_a_reference_with_the_same_settings_is_used():
