@@ -23,6 +23,8 @@ def _save_every_ranks_parameters(parameters: list, world_size: int, rank: int, r
     dist.all_gather(gathered, flat)
     if rank == 0:
         torch.save(torch.stack(gathered), result_file)
+    # no rank tears gloo down while another still works: a rank that exits early can abort the other's teardown
+    dist.barrier()
     dist.destroy_process_group()
 
 
