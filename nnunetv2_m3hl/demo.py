@@ -172,8 +172,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('-o', '--output', default='m3hl_demo', help='output folder (default: ./m3hl_demo)')
     d = DEFAULT_SETTINGS
-    p.add_argument('--labeled', type=int, default=d['n_labeled'], help=f"labeled training cases (default {d['n_labeled']})")
-    p.add_argument('--unlabeled', type=int, default=d['n_unlabeled'], help=f"unlabeled scans (default {d['n_unlabeled']})")
+    p.add_argument('--labeled', type=int, default=d['n_labeled'],
+                   help=f"labeled training cases (default {d['n_labeled']})")
+    p.add_argument('--unlabeled', type=int, default=d['n_unlabeled'],
+                   help=f"unlabeled scans (default {d['n_unlabeled']})")
     p.add_argument('--test', type=int, default=d['n_test'], help=f"labeled test cases (default {d['n_test']})")
     p.add_argument('--epochs', type=int, default=d['epochs'], help=f"epochs per trainer (default {d['epochs']})")
     p.add_argument('--iterations', type=int, default=d['iterations'],

@@ -339,7 +339,8 @@ class M3HLTrainer(nnUNetTrainer):
         self.print_to_log_file(
             f"mix_loss {self.logger.get_value('mix_losses', -1):.4f}  L_high {self.logger.get_value('high_losses', -1):.4f}"
             f"  L_low {self.logger.get_value('low_losses', -1):.4f}  pseudo-label fg share "
-            f"{self.logger.get_value('pseudo_fg_share', -1):.4f}" + (f"  skipped steps {skipped:.0f}" if skipped else '')
+            f"{self.logger.get_value('pseudo_fg_share', -1):.4f}"
+            + (f"  skipped steps {skipped:.0f}" if skipped else '')
             + (f"  teacher terms x{self.teacher_terms_scale():.3f}" if not self.in_supervised_warmup() else ''))
 
     def on_epoch_end(self):
