@@ -183,7 +183,7 @@ def export_demo_reference(results_path: str, out: str) -> None:
     with open(results_path) as f:
         results = json.load(f)
     runs = [{'seed': r['seed'], 'mean_dice': r['mean_dice']} for r in results['runs']
-            if reference_for(dict(r['settings'], n_labeled=r['n_labeled']), {'settings': DEFAULT_SETTINGS})]
+            if reference_for(r['settings'], {'settings': DEFAULT_SETTINGS})]
     if not runs:
         sys.exit(f"{results_path} holds no run with the demo's default settings {DEFAULT_SETTINGS}")
     a = results['settings']
