@@ -180,6 +180,8 @@ def export_demo_reference(results_path: str, out: str) -> None:
     """The runs of ``results_path`` whose settings are the demo's defaults, per seed, with the command."""
     from nnunetv2_m3hl.demo import DEFAULT_SETTINGS
     from nnunetv2_m3hl.demo_expectation import reference_for
+    if not os.path.isfile(results_path):
+        sys.exit(f"{results_path} does not exist: pass the benchmark's results JSON with -o")
     with open(results_path) as f:
         results = json.load(f)
     runs = [{'seed': r['seed'], 'mean_dice': r['mean_dice']} for r in results['runs']
