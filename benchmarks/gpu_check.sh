@@ -4,8 +4,10 @@
 # With real data (the benchmark datasets on the GPU machine):
 #   M3HL_ACDC=/data/ACDC M3HL_LA="/data/LA/2018LA_Seg_Training Set" bash benchmarks/gpu_check.sh
 # runs, at nnU-Net's native plans: the step cost on ACDC 2d and LA 3d_fullres with every pseudo-label cleanup
-# mode, the cleanup cost itself, and real_data.py --budget gpu on ACDC with 3 labeled patients (both trainers,
-# bounded by wall-clock time). Without them: the step cost and a short 3d training on synthetic phantoms.
+# mode, where the extra memory goes (memory_breakdown.py) and the cost of masks, mixing and deep-supervision
+# targets (mixing_cost.py) on both, the cleanup cost, and real_data.py --budget gpu on ACDC with 3 labeled
+# patients (both trainers, bounded by wall-clock time). Without them: the step cost and a short 3d training on
+# synthetic phantoms.
 # Both variants are sized to fit 10 minutes of one H100/H200.
 set -euo pipefail
 out=${1:-${OUT:-gpu_check_out}}
@@ -24,6 +26,12 @@ real_step_cost() {  # dataset id, configuration, folder of the prepared nnU-Net 
     nnUNet_compile=f python3 benchmarks/step_cost.py --device cuda --dataset "$1" -c "$2" --steps 15 --warmup 3 \
         --cleanup-modes sync side_stream host_thread --skip-loading -o "$out/step_cost_$4_cuda.json" \
         2>&1 | tee "$out/step_cost_$4_cuda.log"
+    local plans
+    plans=$(ls "$3"/nnUNet_preprocessed/Dataset"$1"_*/nnUNetPlans.json)
+    python3 benchmarks/memory_breakdown.py --device cuda --plans "$plans" -c "$2" -o "$out/memory_breakdown_$4_cuda.json" \
+        2>&1 | tail -n 4 | tee "$out/memory_breakdown_$4_cuda.log"
+    python3 benchmarks/mixing_cost.py --device cuda --plans "$plans" -c "$2" -o "$out/mixing_cost_$4_cuda.json" \
+        2>&1 | tee "$out/mixing_cost_$4_cuda.log"
 }
 
 if [ -n "${M3HL_ACDC:-}" ] || [ -n "${M3HL_LA:-}" ]; then

@@ -188,10 +188,13 @@ def export_demo_reference(results_path: str, out: str) -> None:
             if reference_for(r['settings'], {'settings': DEFAULT_SETTINGS})]
     if not runs:
         sys.exit(f"{results_path} holds no run with the demo's default settings {DEFAULT_SETTINGS}")
-    a = results['settings']
+    a = results['settings']  # the last call's; epochs and iterations are the same for every call
+    # the trainers these runs measured: the last call's --trainers may have been another selection
+    trainers = list(dict.fromkeys(name for r in runs for name in r['mean_dice'] if not name.endswith(' (teacher)')))
+    trainers.sort(key=lambda name: name != 'nnUNetTrainer')
     command = (f"python benchmarks/label_efficiency.py --labeled {DEFAULT_SETTINGS['n_labeled']} --seeds "
                f"{' '.join(str(r['seed']) for r in runs)} --epochs {a['epochs']} --iterations {a['iterations']} "
-               f"--device {a['device']} --trainers {' '.join(a['trainers'])}")
+               f"--device {a['device']} --trainers {' '.join(trainers)}")
     with open(out + '.tmp', 'w') as f:
         json.dump({'command': command, 'source': os.path.basename(results_path), 'settings': DEFAULT_SETTINGS,
                    'runs': sorted(runs, key=lambda r: r['seed'])}, f, indent=1)

@@ -89,8 +89,42 @@ def high_level_loss(student_high: torch.Tensor, teacher_high: torch.Tensor,
     return _against_couple(distance, student_high, teacher_high.detach())
 
 
+class _CoupleL1(torch.autograd.Function):
+    """``0.5 * (mean|s - t| + mean|s - t[partner]|)`` that keeps no copy of the feature maps for the backward.
+
+    The plain expression (``F.l1_loss(s.float(), t.float())`` twice) makes autograd keep two float32 copies of
+    the student's full-resolution map and a gathered copy of the teacher's, about four times the map itself
+    at half precision: in 3d the largest extra memory of the whole M3HL step. Here the backward recomputes
+    the signs from ``s`` and ``t``, which live until then anyway, one sample at a time. The gradient is the
+    one autograd gives for the plain expression: each term's ``sign * (0.5 * g / N)`` in float32, cast to the
+    map's dtype, the two summed in that dtype."""
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, partners: Tuple[int, ...]) -> torch.Tensor:
+        # partners are host integers: indexing with them never waits for the GPU
+        ctx.save_for_backward(student, teacher)
+        ctx.partners = partners
+        total = student.new_zeros((), dtype=torch.float32)
+        for i, partner in enumerate(partners):
+            for k in (i, partner):
+                total = total + (student[i].float() - teacher[k].float()).abs_().sum()
+        return 0.5 * total / student.numel()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        student, teacher = ctx.saved_tensors
+        per_voxel = (0.5 * grad_output.float()) / student.numel()
+        grad = torch.empty_like(student)
+        for i, partner in enumerate(ctx.partners):
+            s = student[i].float()
+            own = (torch.sgn(s - teacher[i].float()) * per_voxel).to(student.dtype)
+            other = (torch.sgn(s - teacher[partner].float()) * per_voxel).to(student.dtype)
+            torch.add(own, other, out=grad[i])
+        return grad, None, None
+
+
 def low_level_loss(student_low: torch.Tensor, teacher_low: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference of the last decoder feature maps."""
-    def distance(s, t):
-        return F.l1_loss(s.float(), t.float())
-    return _against_couple(distance, student_low, teacher_low.detach())
+    """Mean absolute difference of the last decoder feature maps, each mixed image against both unlabeled
+    images of its couple (as ``_against_couple``), without keeping copies of the maps for the backward."""
+    partners = tuple(partner_index(student_low.shape[0]).tolist())
+    return _CoupleL1.apply(student_low, teacher_low.detach(), partners)

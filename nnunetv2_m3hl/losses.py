@@ -10,16 +10,26 @@ from typing import Optional
 import torch
 from torch import nn
 
-from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 
 
 def masked_soft_dice_loss(probabilities: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                           smooth: float = 1e-5) -> torch.Tensor:
-    """1 - mean soft Dice over all classes, computed over the whole batch inside ``mask``."""
+    """1 - mean soft Dice over all classes, computed over the whole batch inside the binary ``mask``
+    ``(B, 1, *s)``; ``target`` ``(B, 1, *s)`` holds class indices.
+
+    Written with sums (``fp + fn = sum(p) + sum(y) - 2 tp``) and boolean masks, so that autograd keeps one
+    byte per voxel and class for the backward instead of nnU-Net's float ``tp``/``fp``/``fn`` maps: the
+    Dice value is the same up to float rounding."""
     axes = [0] + list(range(2, probabilities.ndim))
-    tp, fp, fn, _ = get_tp_fp_fn_tn(probabilities, target, axes=axes, mask=mask)
-    dice = (2 * tp + smooth) / (2 * tp + fp + fn + smooth)
+    classes = torch.arange(probabilities.shape[1], device=probabilities.device)
+    classes = classes.view(1, -1, *([1] * (probabilities.ndim - 2)))
+    inside = mask.bool()
+    hit = (target == classes) & inside
+    tp = (probabilities * hit).sum(axes)
+    predicted = (probabilities * inside).sum(axes)
+    labeled = hit.sum(axes)
+    dice = (2 * tp + smooth) / (predicted + labeled + smooth)
     return 1 - dice.mean()
 
 
@@ -32,20 +42,20 @@ class RegionWeightedDiceCE(nn.Module):
         self.ce = RobustCrossEntropyLoss(reduction='none')
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, from_unlabeled: torch.Tensor) -> torch.Tensor:
-        """``logits`` ``(B, K, *s)``; ``target`` and ``from_unlabeled`` ``(B, 1, *s)``."""
+        """``logits`` ``(B, K, *s)``; ``target`` and ``from_unlabeled`` (binary) ``(B, 1, *s)``."""
         logits = logits.float()
-        from_unlabeled = from_unlabeled.float()
+        from_unlabeled = from_unlabeled.bool()
         if self.ignore_label is not None:
-            valid = (target != self.ignore_label).float()
-            target = torch.where(valid.bool(), target, torch.zeros_like(target))
+            valid = target != self.ignore_label
+            target = torch.where(valid, target, torch.zeros_like(target))
         else:
             valid = torch.ones_like(from_unlabeled)
         probabilities = torch.softmax(logits, dim=1)
         ce_map = self.ce(logits, target.long())
         total = logits.new_zeros(())
-        for region, weight in ((1 - from_unlabeled, 1.0), (from_unlabeled, self.u_weight)):
-            region = region * valid
+        for region, weight in ((~from_unlabeled, 1.0), (from_unlabeled, self.u_weight)):
+            region = region & valid
             dice = masked_soft_dice_loss(probabilities, target, region, self.smooth)
-            ce = (ce_map * region[:, 0]).sum() / region.sum().clamp_min(1.0)
+            ce = (ce_map * region[:, 0]).sum() / region.sum().clamp_min(1)
             total = total + weight * (dice + ce)
         return total

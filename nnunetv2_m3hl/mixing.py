@@ -79,11 +79,12 @@ class MixedBatch:
 
 def unlabeled_share_per_pair(masks: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Where each pair takes its unlabeled content: ``M`` for even pairs, ``1 - M`` for odd ones.
-    Returns ``(B, 1, *spatial)``."""
+    Returns ``(B, 1, *spatial)`` in the masks' dtype."""
     device = masks.device
-    per_pair = masks[couple_index(batch_size, device)]
+    per_pair = masks.bool()[couple_index(batch_size, device)]
     odd = (torch.arange(batch_size, device=device) % 2 == 1).view(-1, *([1] * (masks.ndim - 1)))
-    return torch.where(odd, 1 - per_pair, per_pair).unsqueeze(1)
+    # one kernel for the flip of the odd pairs instead of a subtraction and a select
+    return (per_pair ^ odd).unsqueeze(1).to(masks.dtype)
 
 
 def mix_images(x_labeled: torch.Tensor, x_unlabeled: torch.Tensor, masks: torch.Tensor
@@ -98,7 +99,8 @@ def mix_images(x_labeled: torch.Tensor, x_unlabeled: torch.Tensor, masks: torch.
         raise ValueError(f"expected {number_of_couples(batch_size)} masks of shape {tuple(x_labeled.shape[2:])}, "
                          f"got {tuple(masks.shape)}")
     from_unlabeled = unlabeled_share_per_pair(masks.to(x_labeled.dtype), batch_size)
-    return from_unlabeled * x_unlabeled + (1 - from_unlabeled) * x_labeled, from_unlabeled
+    # a select, not M * x_u + (1 - M) * x_l: one pass over the images instead of four, the same values
+    return torch.where(from_unlabeled.bool(), x_unlabeled, x_labeled), from_unlabeled
 
 
 def mix_targets(y_labeled: torch.Tensor, pseudo_labels: torch.Tensor, from_unlabeled: torch.Tensor) -> torch.Tensor:
@@ -117,21 +119,49 @@ def mutual_mix(x_labeled: torch.Tensor, y_labeled: torch.Tensor, x_unlabeled: to
     return MixedBatch(images, mix_targets(y_labeled, pseudo_labels, from_unlabeled), from_unlabeled, masks)
 
 
+def integer_strides(spatial_shape: Sequence[int], scale: Sequence[float]) -> Optional[List[int]]:
+    """The stride ``k`` per axis when ``scale`` is ``1/k`` with ``k`` dividing the axis, else None.
+
+    nnU-Net's nearest-exact downsampling by such a factor reads voxel ``k*i + k//2``, so a strided view
+    gives exactly its result without a kernel or a copy."""
+    strides = []
+    for size, s in zip(spatial_shape, scale):
+        k = round(1 / s)
+        if k < 1 or abs(k * s - 1) > 1e-9 or size % k:
+            return None
+        strides.append(k)
+    return strides
+
+
 def downsample_for_deep_supervision(maps: Sequence[torch.Tensor], scales: Optional[Sequence[Sequence[float]]]
                                     ) -> List[List[torch.Tensor]]:
     """Downsample label-like ``(B, 1, *spatial)`` maps to every deep-supervision resolution exactly as
     nnU-Net's data augmentation does for its targets (nearest-exact). Returns one list per scale,
-    holding the maps in input order. ``scales=None`` means no deep supervision (one full-res scale)."""
+    holding the maps in input order. ``scales=None`` means no deep supervision (one full-res scale).
+
+    Scales that divide the patch (nnU-Net's plans make them so) are strided views of the maps; other
+    scales go through nnU-Net's own transform."""
     if scales is None:
         return [list(maps)]
-    batch_size = maps[0].shape[0]
-    # nnU-Net's transform treats the leading axis as channels: stack all maps there in one call
-    stacked = torch.cat([m[:, 0].float() for m in maps], dim=0)
-    per_scale = DownsampleSegForDSTransform(scales)(segmentation=stacked)['segmentation']
-    result = []
-    for level in per_scale:
-        parts = level.split(batch_size, dim=0)
-        result.append([p.unsqueeze(1).to(m.dtype) for p, m in zip(parts, maps)])
+    spatial_shape = maps[0].shape[2:]
+    result: List[Optional[List[torch.Tensor]]] = []
+    for scale in scales:
+        strides = integer_strides(spatial_shape, scale)
+        if strides is None:
+            result.append(None)
+        else:
+            views = (slice(None), slice(None)) + tuple(slice(k // 2, None, k) for k in strides)
+            result.append([m[views] for m in maps])
+    remaining = [scale for scale, level in zip(scales, result) if level is None]
+    if remaining:
+        batch_size = maps[0].shape[0]
+        # nnU-Net's transform treats the leading axis as channels: stack all maps there in one call
+        stacked = torch.cat([m[:, 0].float() for m in maps], dim=0)
+        interpolated = iter(DownsampleSegForDSTransform(remaining)(segmentation=stacked)['segmentation'])
+        for i, level in enumerate(result):
+            if level is None:
+                parts = next(interpolated).split(batch_size, dim=0)
+                result[i] = [p.unsqueeze(1).to(m.dtype) for p, m in zip(parts, maps)]
     return result
 
 

@@ -43,3 +43,23 @@ def test_results_of_another_call_are_merged_not_lost(tmp_path):
     assert sorted(runs[0]['mean_dice']) == ['M3HLTrainer', 'M3HLTrainer_noHL', 'nnUNetTrainer']
     assert runs[0]['seconds'] == 10.0 and runs[0]['seconds_of_later_calls'] == {'M3HLTrainer_noHL': 5.0}
     assert not os.path.exists(path + '.tmp')
+
+
+def test_demo_reference_names_the_trainers_its_runs_measured(tmp_path):
+    from nnunetv2_m3hl.demo import DEFAULT_SETTINGS
+    demo_settings = {'n_labeled': DEFAULT_SETTINGS['n_labeled'], 'n_unlabeled': DEFAULT_SETTINGS['n_unlabeled'],
+                     'n_test': DEFAULT_SETTINGS['n_test'], 'epochs': DEFAULT_SETTINGS['epochs'],
+                     'iterations': DEFAULT_SETTINGS['iterations'], 'shape': DEFAULT_SETTINGS['shape']}
+    demo_run = {'n_labeled': DEFAULT_SETTINGS['n_labeled'], 'seed': 0, 'settings': demo_settings,
+                'mean_dice': {'nnUNetTrainer': 0.9, 'M3HLTrainer': 0.91, 'M3HLTrainer (teacher)': 0.9,
+                              'M3HLTrainer_warmup': 0.92}}
+    other_run = dict(demo_run, n_labeled=8, settings=dict(demo_settings, n_labeled=8))
+    # the last call measured another labeled count with fewer trainers: its settings are the file's
+    path = tmp_path / 'results.json'
+    path.write_text(json.dumps({'settings': {'epochs': 5, 'iterations': 60, 'device': 'cpu',
+                                             'trainers': ['nnUNetTrainer', 'M3HLTrainer']},
+                                'runs': [demo_run, other_run]}))
+    le.export_demo_reference(str(path), str(tmp_path / 'reference.json'))
+    reference = json.loads((tmp_path / 'reference.json').read_text())
+    assert [r['seed'] for r in reference['runs']] == [0]
+    assert reference['command'].endswith('--trainers nnUNetTrainer M3HLTrainer M3HLTrainer_warmup')

@@ -96,3 +96,47 @@ def test_per_sample_and_per_position_cosines_differ():
     assert not torch.allclose(per_sample[0], per_sample[1], atol=1e-3)
     with pytest.raises(ValueError):
         high_level_loss(student, teacher, 'channel')
+
+
+def plain_low_level_loss(student, teacher):
+    """The expression the memory-lean low-level term replaces."""
+    partner = [k ^ 1 if k ^ 1 < student.shape[0] else k for k in range(student.shape[0])]
+    teacher = teacher.detach()
+    return 0.5 * (torch.nn.functional.l1_loss(student.float(), teacher.float())
+                  + torch.nn.functional.l1_loss(student.float(), teacher[partner].float()))
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('batch_size', [1, 2, 3])
+def test_low_level_loss_has_the_plain_gradient_bit_for_bit(dtype, batch_size):
+    torch.manual_seed(batch_size)
+    start = torch.randn(batch_size, 6, 5, 4, 3).to(dtype)
+    teacher = torch.randn(batch_size, 6, 5, 4, 3).to(dtype)
+    plain, lean = start.clone().requires_grad_(), start.clone().requires_grad_()
+    expected, value = plain_low_level_loss(plain, teacher), low_level_loss(lean, teacher)
+    (expected * 3.7).backward()
+    (value * 3.7).backward()
+    assert torch.equal(plain.grad, lean.grad) and lean.grad.dtype == dtype
+    assert torch.allclose(value, expected, rtol=1e-6, atol=0)  # the sums differ only in their order
+
+
+def saved_bytes_beyond(inputs, fn):
+    """Bytes of the storages autograd saves for the backward of ``fn()`` that are not ``inputs``'."""
+    known = {t.untyped_storage().data_ptr() for t in inputs}
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(n for ptr, n in saved.items() if ptr not in known)
+
+
+def test_low_level_loss_keeps_no_copy_of_half_precision_maps():
+    # under autocast the decoder maps are float16; the plain expression keeps float32 copies of them
+    student = torch.randn(2, 8, 16, 16, 16).half().requires_grad_()
+    teacher = torch.randn(2, 8, 16, 16, 16).half()
+    one_map = student.numel() * student.element_size()
+    assert saved_bytes_beyond([student, teacher], lambda: plain_low_level_loss(student, teacher)) >= 4 * one_map
+    assert saved_bytes_beyond([student, teacher], lambda: low_level_loss(student, teacher)) < 0.01 * one_map

@@ -46,3 +46,47 @@ def test_ignore_label_voxels_do_not_count():
     corrupted[..., :4] = 9  # ignore label
     loss = RegionWeightedDiceCE(0.5, ignore_label=9)(logits, corrupted, torch.zeros(1, 1, 8, 8))
     assert loss < 1e-3
+
+
+def nnunet_style_region_loss(logits, target, from_unlabeled, u_weight):
+    """The same loss written with nnU-Net's ``get_tp_fp_fn_tn`` (float tp/fp/fn maps)."""
+    from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
+    from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
+    probabilities = torch.softmax(logits, 1)
+    ce_map = RobustCrossEntropyLoss(reduction='none')(logits, target.long())
+    total = 0
+    for region, weight in ((1 - from_unlabeled, 1.0), (from_unlabeled, u_weight)):
+        axes = [0] + list(range(2, logits.ndim))
+        tp, fp, fn, _ = get_tp_fp_fn_tn(probabilities, target, axes=axes, mask=region)
+        dice = 1 - ((2 * tp + 1e-5) / (2 * tp + fp + fn + 1e-5)).mean()
+        total = total + weight * (dice + (ce_map * region[:, 0]).sum() / region.sum().clamp_min(1))
+    return total
+
+
+def test_region_loss_equals_the_tp_fp_fn_formulation_and_keeps_less_for_the_backward():
+    torch.manual_seed(0)
+    start = torch.randn(3, 4, 6, 7, 8)
+    target = torch.randint(0, 4, (3, 1, 6, 7, 8)).to(torch.int16)
+    source = (torch.rand(3, 1, 6, 7, 8) > 0.5).float()
+    plain, lean = start.clone().requires_grad_(), start.clone().requires_grad_()
+    expected = nnunet_style_region_loss(plain, target, source, 0.5)
+    value = RegionWeightedDiceCE(0.5)(lean, target, source)
+    expected.backward()
+    value.backward()
+    assert torch.allclose(value, expected, rtol=1e-6)
+    assert torch.allclose(lean.grad, plain.grad, rtol=1e-5, atol=1e-8)
+
+    def saved_bytes(fn):
+        saved = {}
+
+        def pack(t):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+        return sum(saved.values())
+    logits = start.clone().requires_grad_()
+    lean_bytes = saved_bytes(lambda: RegionWeightedDiceCE(0.5)(logits, target, source))
+    plain_bytes = saved_bytes(lambda: nnunet_style_region_loss(logits, target, source, 0.5))
+    one_map = logits.numel() * logits.element_size()
+    assert lean_bytes < 4.5 * one_map < plain_bytes  # logits, softmax, log-softmax, boolean masks

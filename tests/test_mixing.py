@@ -3,7 +3,7 @@ import torch
 
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from nnunetv2_m3hl.mixing import (block_index_per_voxel, downsample_for_deep_supervision, make_block_masks,
-                                  mutual_mix, number_of_couples, partner_index)
+                                  mix_images, mutual_mix, number_of_couples, partner_index)
 
 
 def block_values(mask: torch.Tensor, grid):
@@ -79,7 +79,10 @@ def test_mix_rejects_mismatched_inputs():
 
 
 @pytest.mark.parametrize('spatial,scales', [((40, 24), [[1, 1], [0.5, 0.5], [0.25, 0.25]]),
-                                            ((20, 12, 10), [[1, 1, 1], [0.5, 0.5, 1], [0.25, 0.25, 0.5]])])
+                                            ((20, 12, 10), [[1, 1, 1], [0.5, 0.5, 1], [0.25, 0.25, 0.5]]),
+                                            # not divisible by the stride: nnU-Net's interpolation rounds
+                                            ((18, 10, 7), [[1, 1, 1], [0.5, 0.5, 1], [0.25, 0.25, 0.5]]),
+                                            ((21, 16), [[1, 1], [1 / 3, 0.5], [1 / 9, 0.25]])])
 def test_deep_supervision_downsampling_matches_nnunet_loader(spatial, scales):
     torch.manual_seed(0)
     targets = torch.randint(0, 4, (3, 1, *spatial), dtype=torch.int16)
@@ -107,3 +110,13 @@ def test_box_mask_is_one_box_of_two_thirds(shape):
         extent = (hi - lo + 1).tolist()
         assert extent == [round(2 / 3 * s) for s in shape]
         assert m.sum() == torch.tensor(extent).prod()  # the bounding box is completely filled
+
+
+@pytest.mark.parametrize('batch_size', [1, 2, 5])
+def test_select_mixing_equals_the_blend_of_the_reference(batch_size):
+    g = torch.Generator().manual_seed(batch_size)
+    x_l, x_u = torch.randn(batch_size, 2, 12, 10, generator=g), torch.randn(batch_size, 2, 12, 10, generator=g)
+    masks = make_block_masks(number_of_couples(batch_size), (12, 10), generator=g)
+    images, from_unlabeled = mix_images(x_l, x_u, masks)
+    assert torch.equal(images, from_unlabeled * x_u + (1 - from_unlabeled) * x_l)
+    assert from_unlabeled.dtype == x_l.dtype and set(from_unlabeled.unique().tolist()) <= {0.0, 1.0}

@@ -248,8 +248,10 @@ class M3HLTrainer(nnUNetTrainer):
             teacher_logits = self.teacher(x_u)
             teacher_high, teacher_low = self.teacher_tap.pop()
         hard = hard_pseudo_labels(teacher_logits)
+        n_classes = teacher_logits.shape[1]
+        del teacher_logits  # not held through the student's forward and backward
         # the cleanup may run while the student computes: the student needs the mixed images only
-        cleaning = self.pseudo_label_cleanup.start(hard, teacher_logits.shape[1]) if self.largest_component else None
+        cleaning = self.pseudo_label_cleanup.start(hard, n_classes) if self.largest_component else None
 
         masks = self.make_masks(number_of_couples(n_pairs), x_l.shape[2:], self.device)
         images, from_unlabeled = mix_images(x_l, x_u, masks)
