@@ -140,3 +140,17 @@ def first_step_states(monkeypatch):
         return out
     monkeypatch.setattr(M3HLTrainer, 'train_step', recording_step)
     return seen
+
+
+def saved_bytes_beyond(inputs, fn):
+    """Bytes of the storages autograd saves for the backward of ``fn()`` that are not ``inputs``'."""
+    import torch
+    known = {t.untyped_storage().data_ptr() for t in inputs}
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(n for ptr, n in saved.items() if ptr not in known)

@@ -3,6 +3,7 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
+from conftest import saved_bytes_beyond
 from nnunetv2_m3hl.features import FeatureTap, high_level_loss, low_level_loss
 from nnunetv2_m3hl.teacher import make_teacher
 
@@ -118,19 +119,6 @@ def test_low_level_loss_has_the_plain_gradient_bit_for_bit(dtype, batch_size):
     (value * 3.7).backward()
     assert torch.equal(plain.grad, lean.grad) and lean.grad.dtype == dtype
     assert torch.allclose(value, expected, rtol=1e-6, atol=0)  # the sums differ only in their order
-
-
-def saved_bytes_beyond(inputs, fn):
-    """Bytes of the storages autograd saves for the backward of ``fn()`` that are not ``inputs``'."""
-    known = {t.untyped_storage().data_ptr() for t in inputs}
-    saved = {}
-
-    def pack(t):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(n for ptr, n in saved.items() if ptr not in known)
 
 
 def test_low_level_loss_keeps_no_copy_of_half_precision_maps():

@@ -1,5 +1,6 @@
 import torch
 
+from conftest import saved_bytes_beyond
 from nnunetv2_m3hl.losses import RegionWeightedDiceCE, masked_soft_dice_loss
 
 
@@ -76,17 +77,8 @@ def test_region_loss_equals_the_tp_fp_fn_formulation_and_keeps_less_for_the_back
     assert torch.allclose(value, expected, rtol=1e-6)
     assert torch.allclose(lean.grad, plain.grad, rtol=1e-5, atol=1e-8)
 
-    def saved_bytes(fn):
-        saved = {}
-
-        def pack(t):
-            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn()
-        return sum(saved.values())
     logits = start.clone().requires_grad_()
-    lean_bytes = saved_bytes(lambda: RegionWeightedDiceCE(0.5)(logits, target, source))
-    plain_bytes = saved_bytes(lambda: nnunet_style_region_loss(logits, target, source, 0.5))
+    lean_bytes = saved_bytes_beyond([], lambda: RegionWeightedDiceCE(0.5)(logits, target, source))
+    plain_bytes = saved_bytes_beyond([], lambda: nnunet_style_region_loss(logits, target, source, 0.5))
     one_map = logits.numel() * logits.element_size()
     assert lean_bytes < 4.5 * one_map < plain_bytes  # logits, softmax, log-softmax, boolean masks
