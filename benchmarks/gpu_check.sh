@@ -8,6 +8,13 @@
 # targets (mixing_cost.py) on both, the cleanup cost, and real_data.py --budget gpu on ACDC with 3 labeled
 # patients (both trainers, bounded by wall-clock time). Without them: the step cost and a short 3d training on
 # synthetic phantoms.
+# Where the raw data cannot travel to the GPU machine, carry the prepared datasets instead, trimmed to a few cases
+# (the step costs depend on the plans, not on the number of cases):
+#   python benchmarks/real_data.py --dataset acdc --data /data/ACDC --labeled 3 --budget gpu --prepare-only --workdir W/acdc3
+#   python benchmarks/real_data.py --dataset la --data /data/LA --labeled 4 --budget gpu --prepare-only --workdir W/la4
+#   python benchmarks/subset_prepared.py W/acdc3/nnUNet_preprocessed/Dataset271_ACDC C/acdc3/nnUNet_preprocessed -c 2d
+#   python benchmarks/subset_prepared.py W/la4/nnUNet_preprocessed/Dataset281_LA C/la4/nnUNet_preprocessed -c 3d_fullres
+#   M3HL_PREPARED=C bash benchmarks/gpu_check.sh          # the same measurements, without the ACDC training
 # Both variants are sized to fit 10 minutes of one H100/H200.
 set -euo pipefail
 out=${1:-${OUT:-gpu_check_out}}
@@ -18,8 +25,10 @@ export nnUNet_extTrainer="$PWD/nnunetv2_m3hl/trainers" nnUNet_n_proc_DA=${nnUNet
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, nnunetv2; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
 
-echo "== pseudo-label cleanup (largest connected component) on CUDA, earlier and current form"
-python3 benchmarks/lcc_cost.py --device cuda -o "$out/lcc_cost_cuda.json" 2>&1 | tee "$out/lcc_cost_cuda.log"
+lcc_cost() {
+    echo "== pseudo-label cleanup (largest connected component) on CUDA, earlier and current forms, host path"
+    python3 benchmarks/lcc_cost.py --device cuda -o "$out/lcc_cost_cuda.json" 2>&1 | tee "$out/lcc_cost_cuda.log"
+}
 
 real_step_cost() {  # dataset id, configuration, folder of the prepared nnU-Net environment, name
     nnUNet_raw=$3/nnUNet_raw nnUNet_preprocessed=$3/nnUNet_preprocessed nnUNet_results=$3/step_cost_results \
@@ -34,6 +43,18 @@ real_step_cost() {  # dataset id, configuration, folder of the prepared nnU-Net 
         2>&1 | tee "$out/mixing_cost_$4_cuda.log"
 }
 
+if [ -n "${M3HL_PREPARED:-}" ]; then
+    for d in "$M3HL_PREPARED"/acdc3/nnUNet_preprocessed/Dataset271_ACDC "$M3HL_PREPARED"/la4/nnUNet_preprocessed/Dataset281_LA; do
+        [ -d "$d" ] || { echo "M3HL_PREPARED: $d not found (see the head of this script for how to make it)"; exit 1; }
+    done
+    echo "== prepared ACDC (3 labeled patients), native 2d plans"
+    real_step_cost 271 2d "$M3HL_PREPARED/acdc3" acdc_2d
+    echo "== prepared LA (4 labeled scans), native 3d_fullres plans"
+    real_step_cost 281 3d_fullres "$M3HL_PREPARED/la4" la_3d
+    lcc_cost
+    exit 0
+fi
+
 if [ -n "${M3HL_ACDC:-}" ] || [ -n "${M3HL_LA:-}" ]; then
     if [ -n "${M3HL_ACDC:-}" ]; then
         echo "== real ACDC, 3 labeled patients, native 2d plans"
@@ -47,9 +68,11 @@ if [ -n "${M3HL_ACDC:-}" ] || [ -n "${M3HL_LA:-}" ]; then
             --workdir "$work/la4" -o "$out/real_la4_gpu.json" > "$out/real_la4_prepare.log" 2>&1
         real_step_cost 281 3d_fullres "$work/la4" la_3d
     fi
+    lcc_cost
     exit 0
 fi
 
+lcc_cost
 export nnUNet_raw=$work/raw nnUNet_preprocessed=$work/preprocessed nnUNet_results=$work/results
 echo "== step cost on CUDA, synthetic phantoms (compile off, both trainers alike)"
 nnUNet_compile=f python3 benchmarks/step_cost.py --device cuda --configurations 2d 3d_fullres --steps 20 \

@@ -4,21 +4,26 @@ used on GPUs), against its earlier form, on the same label maps.
     python benchmarks/lcc_cost.py --device cuda -o benchmarks/results/lcc_cost_cuda.json
     python benchmarks/lcc_cost.py --device cpu  -o benchmarks/results/lcc_cost_cpu.json
 
-Three forms of the same algorithm (label propagation by 3x3(x3) max-pooling, a convergence check
+Forms of the same algorithm (label propagation by 3x3(x3) max-pooling, a convergence check
 with one host synchronisation every 4 iterations):
-  per class, pooling only           one propagation per class (the earlier implementation)
+  per class, pooling only           one propagation per class (the earliest implementation)
   all classes, pooling only         one propagation, one channel per class
   all classes, pointer jumping      the same plus pointer jumping (the current implementation)
+  all classes, pointer jumping, axis by axis    3D only: the cube's maximum taken one axis at a time (not used:
+                                    slower on an H200)
+and the host path: the map goes to the host as uint8, scipy.ndimage.label cleans it one sample per thread
+('host, 1 thread' and 'host, N threads'), and the result comes back (on CUDA the transfers are included).
 Label maps: 'noisy' = smoothed random fields split into 4 classes (an untrained teacher: many
 components with long, ragged borders), 'phantom' = the synthetic task's label maps (a trained teacher).
-Reported: propagation iterations (device independent) and the median time per call; on the CPU also
-scipy.ndimage.label (what the trainer uses there).
+Reported: propagation iterations (device independent) and the median time per call. Every form is checked
+to keep the same voxels.
 """
 import argparse
 import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -27,12 +32,13 @@ from scipy import ndimage
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset_conversion.synthetic import make_phantom  # noqa: E402
-from nnunetv2_m3hl.teacher import _keep_largest_torch, largest_component_per_class  # noqa: E402
+from nnunetv2_m3hl.teacher import _keep_largest_torch, largest_component_per_class_numpy  # noqa: E402
 
 CASES = {  # name: (batch, spatial shape); 2D maps are cleaned per slice, as the trainer does
     '2d 256x224, batch 12': (12, (256, 224)),
     '3d 64^3, batch 2': (2, (64, 64, 64)),
     '3d 112x112x80, batch 4': (4, (80, 112, 112)),
+    '3d 96x128x192, batch 2': (2, (96, 128, 192)),  # LA's native 3d_fullres patch
 }
 NUM_CLASSES = 4
 
@@ -72,18 +78,30 @@ def measure(labels: torch.Tensor, device: torch.device, repeats: int) -> dict:
     forms = {
         'per class, pooling only': per_class,
         'all classes, pooling only': lambda: _keep_largest_torch(labels, present, pointer_jumping=False)[::-1],
-        'all classes, pointer jumping': lambda: _keep_largest_torch(labels, present, pointer_jumping=True)[::-1],
     }
+    forms['all classes, pointer jumping'] = lambda: _keep_largest_torch(labels, present)[::-1]
+    if labels.ndim == 4:
+        forms['all classes, pointer jumping, axis by axis'] = \
+            lambda: _keep_largest_torch(labels, present, separable=True)[::-1]
     out = {}
     for name, fn in forms.items():
         seconds, (iterations, _) = timed(fn, device, repeats)
         out[name] = {'seconds': seconds, 'iterations': iterations}
-    if device.type == 'cpu':
-        seconds, _ = timed(lambda: largest_component_per_class(labels, NUM_CLASSES, 'scipy'), device, repeats)
-        out['scipy.ndimage.label'] = {'seconds': seconds, 'iterations': None}
-    # every form keeps the same voxels
-    reference = _keep_largest_torch(labels, present, pointer_jumping=False)[0]
-    assert torch.equal(_keep_largest_torch(labels, present)[0], reference)
+    reference = torch.where(_keep_largest_torch(labels, present, pointer_jumping=False)[0], labels, 0)
+    assert torch.equal(torch.where(_keep_largest_torch(labels, present)[0], labels, 0), reference)
+    if labels.ndim == 4:
+        assert torch.equal(torch.where(_keep_largest_torch(labels, present, separable=True)[0], labels, 0), reference)
+    threads = max(1, min(8, (os.cpu_count() or 2) // 2))
+    for name, workers in {'host, 1 thread': 1, f'host, {threads} threads': threads}.items():
+        if workers == 1 and name != 'host, 1 thread':
+            continue
+        with ThreadPoolExecutor(workers) as pool:
+            def host():
+                cleaned = largest_component_per_class_numpy(labels.to(torch.uint8).cpu().numpy(), NUM_CLASSES, pool)
+                return None, torch.from_numpy(cleaned).to(device)
+            seconds, (_, cleaned) = timed(host, device, repeats)
+        assert torch.equal(cleaned.long(), reference), f'{name} keeps other voxels than the torch propagation'
+        out[name] = {'seconds': seconds, 'iterations': None}
     return out
 
 

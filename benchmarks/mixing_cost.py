@@ -67,7 +67,11 @@ def shapes_from_plans(plans_file: str, configuration: str):
     with open(plans_file) as f:
         plans = json.load(f)
     c = plans['configurations'][configuration]
-    with open(os.path.join(os.path.dirname(os.path.abspath(plans_file)), 'dataset.json')) as f:
+    dataset_json_file = os.path.join(os.path.dirname(os.path.abspath(plans_file)), 'dataset.json')
+    if not os.path.isfile(dataset_json_file):
+        sys.exit(f"{dataset_json_file} not found: --plans must lie in the dataset's nnUNet_preprocessed folder, "
+                 f"next to its dataset.json")
+    with open(dataset_json_file) as f:
         n_classes = len(json.load(f)['labels'])
     pools = c['architecture']['arch_kwargs']['strides']
     scales = [list(s) for s in 1 / np.cumprod(np.vstack(pools), axis=0)][:-1]

@@ -6,17 +6,19 @@ the loss. So the cleanup can run while the student computes:
 - ``sync``: clean now, in the calling thread (no overlap);
 - ``side_stream``: the torch cleanup in a worker thread on a side CUDA stream, ordered after the teacher's argmax
   by an event; the main stream waits for it before the loss (CUDA only);
-- ``host_thread``: the argmax map (uint8) goes to the host, scipy cleans it in a worker thread, the result comes
-  back to the device before the loss.
+- ``host_thread``: the argmax map (uint8) goes to the host and scipy cleans it in worker threads, one sample
+  per thread (scipy releases the GIL while it labels, so the main thread keeps launching the student's
+  kernels); the result comes back to the device before the loss.
 
 Every mode keeps exactly the voxels ``largest_component_per_class`` keeps (tests compare them bit for bit).
 """
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional
 
 import torch
 
-from nnunetv2_m3hl.teacher import largest_component_per_class
+from nnunetv2_m3hl.teacher import largest_component_per_class, largest_component_per_class_numpy
 
 CLEANUP_MODES = ('sync', 'side_stream', 'host_thread')
 
@@ -37,12 +39,19 @@ class PseudoLabelCleanup:
             raise ValueError(f"cleanup mode must be one of {CLEANUP_MODES}, got {mode!r}")
         self.mode = mode
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._sample_pool: Optional[ThreadPoolExecutor] = None
         self._stream = None
 
     def _worker(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='m3hl-cleanup')
         return self._pool
+
+    def _sample_workers(self) -> ThreadPoolExecutor:
+        if self._sample_pool is None:
+            threads = max(1, min(8, (os.cpu_count() or 2) // 2))
+            self._sample_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix='m3hl-cleanup-sample')
+        return self._sample_pool
 
     def start(self, hard: torch.Tensor, num_classes: int):
         """``hard``: the teacher's argmax; returns an object whose ``result()`` is the cleaned map on its device."""
@@ -59,11 +68,12 @@ class PseudoLabelCleanup:
             if ready is not None:
                 ready.record()
 
+            samples = self._sample_workers()
+
             def clean_on_host() -> torch.Tensor:
                 if ready is not None:
                     ready.synchronize()
-                with torch.no_grad():
-                    return largest_component_per_class(host, num_classes, backend='scipy')
+                return torch.from_numpy(largest_component_per_class_numpy(host.numpy(), num_classes, samples))
             return _HostResult(self._worker().submit(clean_on_host), device, dtype)
         # side_stream
         if self._stream is None:
@@ -79,9 +89,10 @@ class PseudoLabelCleanup:
         return _StreamResult(self._worker().submit(clean_on_side_stream), stream, hard)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        for pool in (self._pool, self._sample_pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._pool = self._sample_pool = None
 
 
 class _HostResult:

@@ -37,3 +37,52 @@ def test_mixing_cost_checks_both_forms_and_counts_operators(nnunet_env, planned_
     assert all(r['operators'] > 0 and r['seconds'] >= 0 for r in parts.values())
     assert parts['deep-supervision targets (views)']['operators'] < \
         parts['deep-supervision targets (interpolation, before)']['operators']
+
+
+def test_mixing_cost_names_the_missing_dataset_json(tmp_path):
+    plans = tmp_path / 'nnUNetPlans.json'
+    plans.write_text(json.dumps({'configurations': {'2d': {'batch_size': 2, 'patch_size': [32, 32]}}}))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'mixing_cost.py'), '--plans', str(plans),
+                           '-c', '2d'], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode != 0
+    assert str(tmp_path / 'dataset.json') in proc.stderr and 'next to its dataset.json' in proc.stderr
+
+
+def test_a_trimmed_prepared_dataset_measures_without_its_raw_data(nnunet_env, planned_2d, tmp_path):
+    """benchmarks/subset_prepared.py keeps a few cases; step_cost.py then runs on them alone (how a dataset
+    travels to a GPU machine)."""
+    from nnunetv2_m3hl.unlabeled import preprocess_unlabeled, unlabeled_identifiers
+    preprocess_unlabeled(planned_2d, '2d', verbose=False)
+    source = nnunet_env / 'preprocessed' / planned_2d
+    script = os.path.join(ROOT, 'benchmarks', 'subset_prepared.py')
+    carried = tmp_path / 'carried'
+    args = [sys.executable, script, str(source), str(carried), '-c', '2d', '--train', '2', '--val', '1',
+            '--unlabeled', '2']
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    subset = carried / planned_2d
+    split = json.loads((subset / 'splits_final.json').read_text())
+    assert split == [{'train': ['lab_000', 'lab_001'], 'val': ['lab_003']}]
+    assert sorted(os.listdir(subset / 'nnUNetPlans_2d')) == sorted(
+        f'{c}{suffix}' for c in ('lab_000', 'lab_001', 'lab_003') for suffix in ('.b2nd', '.pkl', '_seg.b2nd'))
+    assert unlabeled_identifiers(str(subset / 'nnUNetPlans_2d_unlabeled')) == ['unl_000', 'unl_001']
+    # an existing destination is refused, and nothing in it is touched
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert again.returncode != 0 and 'exists' in again.stderr
+    assert json.loads((subset / 'splits_final.json').read_text()) == split
+
+    env = dict(os.environ, nnUNet_raw=str(tmp_path / 'no_raw'), nnUNet_preprocessed=str(carried),
+               nnUNet_results=str(tmp_path / 'results'))
+    out = tmp_path / 'step_cost.json'
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'step_cost.py'), '--dataset',
+                           planned_2d.split('_')[0][len('Dataset'):], '-c', '2d', '--steps', '1', '--warmup', '0',
+                           '--skip-memory', '--skip-loading', '--cleanup-modes', 'sync', 'host_thread', '-o', str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())[0]
+    assert result['dataset'] == planned_2d and set(result['M3HLTrainer_step_s_by_cleanup_mode']) == {'sync',
+                                                                                                      'host_thread'}
+    assert result['M3HLTrainer_step_s_without_cleanup'] > 0
+    # the carried unlabeled scans were used as they are (no raw folder to preprocess them from)
+    kept = sorted(n for n in os.listdir(source / 'nnUNetPlans_2d_unlabeled') if n.startswith(('unl_000', 'unl_001')))
+    assert sorted(os.listdir(subset / 'nnUNetPlans_2d_unlabeled')) == sorted(['m3hl_manifest.json'] + kept)

@@ -120,3 +120,37 @@ def test_all_classes_at_once_or_in_chunks_match_scipy(max_elements):
         ref = reference_lcc(labels[i], 4)
         for c in range(1, 4):
             assert (out[i] == c).sum() == (ref == c).sum()
+
+
+@pytest.mark.parametrize('shape', [(5, 30, 28), (2, 10, 14, 12)])
+def test_host_and_torch_paths_keep_the_same_voxels_also_among_equal_sizes(shape):
+    rng = np.random.default_rng(3)
+    # sparse single voxels and pairs: most classes have many components of the largest size
+    labels = np.where(rng.random(shape) < 0.85, 0, rng.integers(1, 4, shape))
+    labels[0, 1, 1:3] = 1  # a pair and an equal pair later in the same sample
+    labels[0, -2, -3:-1] = 1
+    as_tensor = torch.from_numpy(labels)
+    host = largest_component_per_class(as_tensor, 4, 'scipy')
+    torch_path = largest_component_per_class(as_tensor, 4, 'torch')
+    assert torch.equal(host, torch_path)
+    # the rule: among equal sizes, the component whose last voxel comes later
+    structure = np.ones((3,) * (len(shape) - 1))
+    for i in range(shape[0]):
+        for c in range(1, 4):
+            comp, n = ndimage.label(labels[i] == c, structure=structure)
+            if n == 0:
+                continue
+            sizes = np.bincount(comp.ravel())
+            sizes[0] = 0
+            tied = np.flatnonzero(sizes == sizes.max())
+            last = {k: np.flatnonzero(comp.ravel() == k).max() for k in tied}
+            winner = max(last, key=last.get)
+            assert np.array_equal(host[i].numpy() == c, comp == winner)
+
+
+def test_cube_maximum_axis_by_axis_is_the_same():
+    rng = np.random.default_rng(4)
+    fg = torch.from_numpy(rng.random((2, 3, 9, 11, 13)) < 0.6)
+    cube, cube_iterations = _propagate_max_index(fg, separable=False)
+    axes, axes_iterations = _propagate_max_index(fg, separable=True)
+    assert torch.equal(cube, axes) and cube_iterations == axes_iterations

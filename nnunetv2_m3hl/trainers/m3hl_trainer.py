@@ -57,9 +57,10 @@ class M3HLTrainer(nnUNetTrainer):
         self.low_weight = 1.0
         self.high_cosine_over = HIGH_COSINE_PER_SAMPLE  # one cosine per sample, as the reference code
         self.largest_component = True
-        # where the cleanup runs: 'sync', or overlapped with the student's forward: 'side_stream' (CUDA),
-        # 'host_thread' (scipy in a worker thread); every mode keeps the same voxels
-        self.pseudo_label_cleanup_mode = 'sync'
+        # where the cleanup runs: 'side_stream' (CUDA: overlapped with the student's forward on a second stream;
+        # elsewhere the same as 'sync'), 'sync', or 'host_thread' (scipy in worker threads); every mode keeps the
+        # same voxels. side_stream was the fastest on an H200 at ACDC's and LA's native plans (RESULTS.md)
+        self.pseudo_label_cleanup_mode = 'side_stream'
         self.unlabeled_batch_size = None  # None: the labeled batch size of this rank
         # share of the epochs trained with nnU-Net's own supervised step on the labeled patches before mixing
         # starts (plain supervision, not BCP's copy-paste pre-training); the teacher then starts as a copy of
