@@ -59,32 +59,6 @@ def _max_pool_same(x: torch.Tensor, separable: bool = False) -> torch.Tensor:
     return F.max_pool3d(x, (1, 1, 3), stride=1, padding=(0, 0, 1))
 
 
-@torch.no_grad()
-def connected_component_ids(binary: torch.Tensor, backend: str = 'auto') -> torch.Tensor:
-    """Label the connected components of a binary batch ``(N, *spatial)`` (2D or 3D, full
-    connectivity, never across samples). Returns int64 ids, 0 for background, every component with
-    an id unique across the batch.
-
-    ``backend``: 'torch' propagates labels on the tensor's device (used on GPUs: no transfer),
-    'scipy' uses ``scipy.ndimage.label`` (faster on the CPU); 'auto' picks by device.
-    """
-    if backend == 'auto':
-        backend = 'scipy' if binary.device.type == 'cpu' else 'torch'
-    if backend == 'scipy':
-        return _component_ids_scipy(binary)
-    if backend != 'torch':
-        raise ValueError(f"unknown backend {backend}")
-    return _component_ids_torch(binary)
-
-
-def _component_ids_scipy(binary: torch.Tensor) -> torch.Tensor:
-    from scipy import ndimage
-    structure = np.zeros((3,) * binary.ndim, dtype=bool)
-    structure[1] = True  # full connectivity inside a sample, none along the batch axis
-    ids, _ = ndimage.label(binary.cpu().numpy().astype(bool), structure=structure)
-    return torch.from_numpy(ids.astype(np.int64)).to(binary.device)
-
-
 def _propagation_dtype(n_vox: int) -> torch.dtype:
     # float32 represents the voxel indices exactly only up to 2**24
     return torch.float32 if n_vox < 2 ** 24 else torch.float64
@@ -118,15 +92,6 @@ def _propagate_max_index(fg: torch.Tensor, check_every: int = 4, pointer_jumping
         iterations += check_every
         if torch.equal(ids, previous):  # the only host synchronisation of the loop
             return ids, iterations
-
-
-def _component_ids_torch(binary: torch.Tensor, check_every: int = 4) -> torch.Tensor:
-    n, n_vox = binary.shape[0], binary[0].numel()
-    local, _ = _propagate_max_index(binary.bool().unsqueeze(1), check_every)
-    # per-sample indices -> ids unique across the batch
-    offset = torch.arange(n, device=binary.device).view(n, *([1] * (binary.ndim - 1))) * n_vox
-    local = local[:, 0].long()
-    return torch.where(local > 0, local + offset, local)
 
 
 def _keep_largest_torch(labels: torch.Tensor, classes: List[int], max_elements: int = 2 ** 25,

@@ -3,8 +3,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from nnunetv2_m3hl.teacher import (_keep_largest_torch, _propagate_max_index, connected_component_ids, ema_update,
-                                   largest_component_per_class, make_teacher, pseudo_labels_from_logits)
+from nnunetv2_m3hl.teacher import (_keep_largest_torch, _propagate_max_index, ema_update, largest_component_per_class,
+                                   make_teacher, pseudo_labels_from_logits)
 
 
 def reference_lcc(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -54,11 +54,16 @@ def test_matches_scipy_on_random_maps(shape, backend):
 
 @pytest.mark.parametrize('backend', ['torch', 'scipy'])
 def test_components_do_not_cross_samples(backend):
-    binary = torch.zeros(2, 4, 4, dtype=torch.bool)
-    binary[0, 3, :] = True
-    binary[1, 0, :] = True
-    ids = connected_component_ids(binary, backend)
-    assert ids[0, 3, 0] != ids[1, 0, 0]
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[0, 7, :4] = 1   # 4 voxels on the last row of sample 0: its largest
+    labels[0, 1, :3] = 1   # 3 voxels
+    labels[1, 0, :4] = 1   # 4 voxels on the first row of sample 1, touching sample 0's row if samples were joined
+    labels[1, 4, :5] = 1   # 5 voxels: sample 1's largest
+    out = largest_component_per_class(labels, 2, backend)
+    expected = torch.zeros_like(labels)
+    expected[0, 7, :4] = 1
+    expected[1, 4, :5] = 1
+    assert torch.equal(out, expected)
 
 
 def test_all_background_teacher_gives_empty_pseudo_labels():
