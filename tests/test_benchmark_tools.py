@@ -63,3 +63,22 @@ def test_demo_reference_names_the_trainers_its_runs_measured(tmp_path):
     reference = json.loads((tmp_path / 'reference.json').read_text())
     assert [r['seed'] for r in reference['runs']] == [0]
     assert reference['command'].endswith('--trainers nnUNetTrainer M3HLTrainer M3HLTrainer_warmup')
+
+
+def test_demo_reference_can_store_a_variant_under_the_default_name(tmp_path):
+    from nnunetv2_m3hl.demo import DEFAULT_SETTINGS
+    settings = {k: DEFAULT_SETTINGS[k] for k in ('n_labeled', 'n_unlabeled', 'n_test', 'epochs', 'iterations', 'shape')}
+    run = {'n_labeled': DEFAULT_SETTINGS['n_labeled'], 'seed': 1, 'settings': settings,
+           'mean_dice': {'nnUNetTrainer': 0.9, 'M3HLTrainer': 0.91, 'M3HLTrainer (teacher)': 0.89,
+                         'M3HLTrainer_warmup': 0.93, 'M3HLTrainer_warmup (teacher)': 0.92}}
+    path = tmp_path / 'results.json'
+    path.write_text(json.dumps({'settings': {'epochs': 5, 'iterations': 60, 'device': 'cpu'}, 'runs': [run]}))
+    renamed = {'M3HLTrainer_warmup': 'M3HLTrainer', 'M3HLTrainer': 'M3HLTrainer_reference'}
+    le.export_demo_reference(str(path), str(tmp_path / 'reference.json'), renamed)
+    reference = json.loads((tmp_path / 'reference.json').read_text())
+    assert reference['runs'][0]['mean_dice'] == {
+        'nnUNetTrainer': 0.9, 'M3HLTrainer_reference': 0.91, 'M3HLTrainer_reference (teacher)': 0.89,
+        'M3HLTrainer': 0.93, 'M3HLTrainer (teacher)': 0.92}
+    assert reference['renamed'] == renamed
+    # the command names the trainers as they were measured, so that it reproduces the runs
+    assert reference['command'].endswith('--trainers nnUNetTrainer M3HLTrainer M3HLTrainer_warmup')

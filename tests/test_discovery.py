@@ -6,8 +6,8 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 from nnunetv2_m3hl import trainer_path
 
 VARIANTS = ['M3HLTrainer', 'M3HLTrainer_noHL', 'M3HLTrainer_noHigh', 'M3HLTrainer_noLow', 'M3HLTrainer_noLCC',
-            'M3HLTrainer_boxMask', 'M3HLTrainer_warmup', 'M3HLTrainer_warmup10', 'M3HLTrainer_rampup',
-            'M3HLTrainer_lateTeacher', 'M3HLTrainer_250epochs', 'M3HLTrainer_500epochs', 'M3HLTrainer_2epochs',
+            'M3HLTrainer_boxMask', 'M3HLTrainer_reference', 'M3HLTrainer_warmup', 'M3HLTrainer_warmup10',
+            'M3HLTrainer_rampup', 'M3HLTrainer_lateTeacher', 'M3HLTrainer_250epochs', 'M3HLTrainer_500epochs', 'M3HLTrainer_2epochs',
             'BCPTrainer_pretrain', 'BCPTrainer']
 
 

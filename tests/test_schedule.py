@@ -92,3 +92,16 @@ def test_schedule_position_follows_the_epoch_after_a_resume(nnunet_env, planned_
     ramp_steps = round(0.5 * 8 * 7)
     assert trainer.teacher_terms_scale() == pytest.approx(sigmoid_rampup(21, ramp_steps))
 
+
+
+def test_the_default_warms_up_and_the_compared_schedules_keep_their_own(nnunet_env, planned_2d):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    names = ('M3HLTrainer', 'M3HLTrainer_reference', 'M3HLTrainer_warmup', 'M3HLTrainer_warmup10',
+             'M3HLTrainer_rampup', 'M3HLTrainer_lateTeacher', 'BCPTrainer')
+    trainers = {n: get_trainer_from_args('901', '2d', 0, n, device=torch.device('cpu')) for n in names}
+    assert {n: t.supervised_warmup_fraction for n, t in trainers.items()} == {
+        'M3HLTrainer': 0.2, 'M3HLTrainer_reference': 0.0, 'M3HLTrainer_warmup': 0.2, 'M3HLTrainer_warmup10': 0.1,
+        'M3HLTrainer_rampup': 0.0, 'M3HLTrainer_lateTeacher': 0.0, 'BCPTrainer': 0.0}
+    assert trainers['M3HLTrainer'].supervised_warmup_epochs == 200  # of nnU-Net's 1000
+    assert trainers['M3HLTrainer_rampup'].teacher_rampup_fraction == 0.5
+    assert trainers['M3HLTrainer_lateTeacher'].teacher_join_steps == 100
