@@ -32,6 +32,7 @@ from scipy import ndimage
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset_conversion.synthetic import make_phantom  # noqa: E402
+from nnunetv2_m3hl.overlap import host_cleanup_threads  # noqa: E402
 from nnunetv2_m3hl.teacher import _keep_largest_torch, largest_component_per_class_numpy  # noqa: E402
 
 CASES = {  # name: (batch, spatial shape); 2D maps are cleaned per slice, as the trainer does
@@ -91,10 +92,8 @@ def measure(labels: torch.Tensor, device: torch.device, repeats: int) -> dict:
     assert torch.equal(torch.where(_keep_largest_torch(labels, present)[0], labels, 0), reference)
     if labels.ndim == 4:
         assert torch.equal(torch.where(_keep_largest_torch(labels, present, separable=True)[0], labels, 0), reference)
-    threads = max(1, min(8, (os.cpu_count() or 2) // 2))
-    for name, workers in {'host, 1 thread': 1, f'host, {threads} threads': threads}.items():
-        if workers == 1 and name != 'host, 1 thread':
-            continue
+    for workers in sorted({1, host_cleanup_threads()}):
+        name = 'host, 1 thread' if workers == 1 else f'host, {workers} threads'
         with ThreadPoolExecutor(workers) as pool:
             def host():
                 cleaned = largest_component_per_class_numpy(labels.to(torch.uint8).cpu().numpy(), NUM_CLASSES, pool)

@@ -23,6 +23,11 @@ from nnunetv2_m3hl.teacher import largest_component_per_class, largest_component
 CLEANUP_MODES = ('sync', 'side_stream', 'host_thread')
 
 
+def host_cleanup_threads() -> int:
+    """Threads of the host cleanup: half the cores (the data loaders need the rest), at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
 class _Done:
     def __init__(self, value: torch.Tensor):
         self.value = value
@@ -49,8 +54,8 @@ class PseudoLabelCleanup:
 
     def _sample_workers(self) -> ThreadPoolExecutor:
         if self._sample_pool is None:
-            threads = max(1, min(8, (os.cpu_count() or 2) // 2))
-            self._sample_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix='m3hl-cleanup-sample')
+            self._sample_pool = ThreadPoolExecutor(max_workers=host_cleanup_threads(),
+                                                   thread_name_prefix='m3hl-cleanup-sample')
         return self._sample_pool
 
     def start(self, hard: torch.Tensor, num_classes: int):
