@@ -8,15 +8,18 @@ Forms of the same algorithm (label propagation by 3x3(x3) max-pooling, a converg
 with one host synchronisation every 4 iterations):
   per class, pooling only           one propagation per class (the earliest implementation)
   all classes, pooling only         one propagation, one channel per class
-  all classes, pointer jumping      the same plus pointer jumping (the current implementation)
+  all classes, pointer jumping      the same plus pointer jumping
   all classes, pointer jumping, axis by axis    3D only: the cube's maximum taken one axis at a time (not used:
                                     slower on an H200)
+  all classes, jumping + hooking    the same plus hooking (the current implementation, see
+                                    teacher._propagate_max_index)
 and the host path: the map goes to the host as uint8, scipy.ndimage.label cleans it one sample per thread
 ('host, 1 thread' and 'host, N threads'), and the result comes back (on CUDA the transfers are included).
 Label maps: 'noisy' = smoothed random fields split into 4 classes (an untrained teacher: many
 components with long, ragged borders), 'phantom' = the synthetic task's label maps (a trained teacher).
-Reported: propagation iterations (device independent) and the median time per call. Every form is checked
-to keep the same voxels.
+Reported: propagation iterations and tensor operations per call (both device independent; on a GPU each
+operation is a kernel launch, and these kernels are small, so their number sets the cost), and the median time
+per call. Every form is checked to keep the same voxels.
 """
 import argparse
 import json
@@ -32,6 +35,7 @@ from scipy import ndimage
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset_conversion.synthetic import make_phantom  # noqa: E402
+from operator_count import count_operations  # noqa: E402
 from nnunetv2_m3hl.overlap import host_cleanup_threads  # noqa: E402
 from nnunetv2_m3hl.teacher import _keep_largest_torch, largest_component_per_class_numpy  # noqa: E402
 
@@ -73,25 +77,28 @@ def measure(labels: torch.Tensor, device: torch.device, repeats: int) -> dict:
     present = [c for c in range(1, NUM_CLASSES) if bool((labels == c).any())]
 
     def per_class():
-        results = [_keep_largest_torch(labels, [c], pointer_jumping=False) for c in present]
+        results = [_keep_largest_torch(labels, [c], pointer_jumping=False, hooking=False) for c in present]
         return sum(r[1] for r in results), results
 
-    forms = {
-        'per class, pooling only': per_class,
-        'all classes, pooling only': lambda: _keep_largest_torch(labels, present, pointer_jumping=False)[::-1],
+    settings = {
+        'all classes, pooling only': dict(pointer_jumping=False, hooking=False),
+        'all classes, pointer jumping': dict(hooking=False),
     }
-    forms['all classes, pointer jumping'] = lambda: _keep_largest_torch(labels, present)[::-1]
     if labels.ndim == 4:
-        forms['all classes, pointer jumping, axis by axis'] = \
-            lambda: _keep_largest_torch(labels, present, separable=True)[::-1]
+        settings['all classes, pointer jumping, axis by axis'] = dict(hooking=False, separable=True)
+    settings['all classes, jumping + hooking'] = {}
+    forms = {'per class, pooling only': per_class}
+    forms.update({name: (lambda kw=kw: _keep_largest_torch(labels, present, **kw)[::-1])
+                  for name, kw in settings.items()})
     out = {}
     for name, fn in forms.items():
         seconds, (iterations, _) = timed(fn, device, repeats)
-        out[name] = {'seconds': seconds, 'iterations': iterations}
-    reference = torch.where(_keep_largest_torch(labels, present, pointer_jumping=False)[0], labels, 0)
-    assert torch.equal(torch.where(_keep_largest_torch(labels, present)[0], labels, 0), reference)
-    if labels.ndim == 4:
-        assert torch.equal(torch.where(_keep_largest_torch(labels, present, separable=True)[0], labels, 0), reference)
+        out[name] = {'seconds': seconds, 'iterations': iterations, 'operations': count_operations(fn)}
+    reference = torch.where(_keep_largest_torch(labels, present, pointer_jumping=False, hooking=False)[0],
+                            labels, 0)
+    for name, kw in settings.items():
+        kept = torch.where(_keep_largest_torch(labels, present, **kw)[0], labels, 0)
+        assert torch.equal(kept, reference), f'{name} keeps other voxels than pooling alone'
     for workers in sorted({1, host_cleanup_threads()}):
         name = 'host, 1 thread' if workers == 1 else f'host, {workers} threads'
         with ThreadPoolExecutor(workers) as pool:
@@ -100,7 +107,7 @@ def measure(labels: torch.Tensor, device: torch.device, repeats: int) -> dict:
                 return None, torch.from_numpy(cleaned).to(device)
             seconds, (_, cleaned) = timed(host, device, repeats)
         assert torch.equal(cleaned.long(), reference), f'{name} keeps other voxels than the torch propagation'
-        out[name] = {'seconds': seconds, 'iterations': None}
+        out[name] = {'seconds': seconds, 'iterations': None, 'operations': None}
     return out
 
 
@@ -120,17 +127,17 @@ def main():
             labels = torch.from_numpy(make(batch, shape, rng)).to(device)
             for form, r in measure(labels, device, args.repeats).items():
                 results.append({'case': case, 'labels': kind, 'form': form, **r})
-                print(f"{case:24s} {kind:8s} {form:30s} {r['seconds'] * 1000:9.1f} ms  "
-                      f"iterations {r['iterations']}", flush=True)
+                print(f"{case:24s} {kind:8s} {form:42s} {r['seconds'] * 1000:9.1f} ms  "
+                      f"iterations {r['iterations']}  operations {r['operations']}", flush=True)
     meta = {'device': str(device), 'torch': torch.__version__,
             'gpu': torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
             'repeats': args.repeats}
     with open(args.o + '.tmp', 'w') as f:
         json.dump({'settings': meta, 'results': results}, f, indent=1)
     os.replace(args.o + '.tmp', args.o)
-    print('\n| case | labels | form | iterations | ms per call |\n|---|---|---|---|---|')
+    print('\n| case | labels | form | iterations | operations | ms per call |\n|---|---|---|---|---|---|')
     for r in results:
-        print(f"| {r['case']} | {r['labels']} | {r['form']} | {r['iterations'] if r['iterations'] else ''} | "
+        print(f"| {r['case']} | {r['labels']} | {r['form']} | {r['iterations'] or ''} | {r['operations'] or ''} | "
               f"{r['seconds'] * 1000:.1f} |")
 
 

@@ -9,6 +9,7 @@ form a *couple* that shares one block mask ``M_j`` in opposite directions::
 An odd last pair has a couple (and a mask) of its own, so every batch size works.
 """
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -28,13 +29,27 @@ def block_index_per_voxel(size: int, n_blocks: int, device: torch.device) -> tor
     return torch.arange(size, device=device) * n_blocks // size
 
 
+@lru_cache(maxsize=32)
+def _cached_block_index(size: int, n_blocks: int, device: torch.device) -> torch.Tensor:
+    return block_index_per_voxel(size, n_blocks, device)
+
+
+def _to_device_async(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == 'cuda' and tensor.device.type == 'cpu':
+        # from pinned memory the copy does not wait for the GPU's queue, as a copy from pageable memory does
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def make_block_masks(n_masks: int, spatial_shape: Sequence[int], blocks_per_axis: int = 4,
                      masked_ratio: float = 0.5, device: torch.device = torch.device('cpu'),
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Random block-grid masks, shape ``(n_masks, *spatial_shape)``, values 0/1 (float32).
 
     Exactly ``round(masked_ratio * n_blocks)`` blocks of each mask are 1; every mask draws its own
-    blocks. Built with one argsort over random keys, without Python loops over blocks.
+    blocks. Built with one argsort over random keys, without Python loops over blocks. The blocks are drawn
+    on ``generator``'s device (the CPU without one: a few dozen values, not worth a GPU kernel each) and
+    expanded to voxels on ``device`` by one gather per axis.
     """
     if not 0.0 <= masked_ratio <= 1.0:
         raise ValueError(f"masked_ratio must lie in [0, 1], got {masked_ratio}")
@@ -43,19 +58,16 @@ def make_block_masks(n_masks: int, spatial_shape: Sequence[int], blocks_per_axis
     for g in grid:
         n_blocks *= g
     n_masked = int(round(masked_ratio * n_blocks))
-    keys = torch.rand((n_masks, n_blocks), device=device, generator=generator)
+    device = torch.device(device)
+    keys = torch.rand((n_masks, n_blocks), device=generator.device if generator is not None else 'cpu',
+                      generator=generator)
     ranks = keys.argsort(dim=1).argsort(dim=1)
-    block_masks = (ranks < n_masked).float().reshape(n_masks, *grid)
+    block_masks = _to_device_async((ranks < n_masked).float().reshape(n_masks, *grid), device)
     # expand blocks to voxels by gathering along each axis in turn
     voxel_masks = block_masks
     for axis, (size, g) in enumerate(zip(spatial_shape, grid)):
-        voxel_masks = voxel_masks.index_select(axis + 1, block_index_per_voxel(int(size), g, device))
+        voxel_masks = voxel_masks.index_select(axis + 1, _cached_block_index(int(size), g, device))
     return voxel_masks
-
-
-def couple_index(batch_size: int, device: torch.device = torch.device('cpu')) -> torch.Tensor:
-    """Couple of every pair: pairs 2j and 2j+1 form couple j."""
-    return torch.arange(batch_size, device=device) // 2
 
 
 def partner_index(batch_size: int, device: torch.device = torch.device('cpu')) -> torch.Tensor:
@@ -80,11 +92,8 @@ class MixedBatch:
 def unlabeled_share_per_pair(masks: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Where each pair takes its unlabeled content: ``M`` for even pairs, ``1 - M`` for odd ones.
     Returns ``(B, 1, *spatial)`` in the masks' dtype."""
-    device = masks.device
-    per_pair = masks.bool()[couple_index(batch_size, device)]
-    odd = (torch.arange(batch_size, device=device) % 2 == 1).view(-1, *([1] * (masks.ndim - 1)))
-    # one kernel for the flip of the odd pairs instead of a subtraction and a select
-    return (per_pair ^ odd).unsqueeze(1).to(masks.dtype)
+    # couple j's two pairs interleaved (M_j, 1 - M_j), an odd batch's last complement cut off: two kernels
+    return torch.stack((masks, 1 - masks), dim=1).flatten(0, 1)[:batch_size].unsqueeze(1)
 
 
 def mix_images(x_labeled: torch.Tensor, x_unlabeled: torch.Tensor, masks: torch.Tensor

@@ -1,9 +1,9 @@
 """Skipping steps whose loss is not finite, in agreement across DDP ranks.
 
 A rank that skips ``backward()`` while the others go ahead leaves DDP's gradient all-reduces unmatched: the
-run hangs or pairs step k of one rank with step k+1 of another. So the ranks first agree (one all-reduce of a
-finiteness flag) and then all skip, or all step; the count of skipped steps in a row, and the stop it
-triggers, are therefore the same on every rank.
+run hangs or pairs step k of one rank with step k+1 of another. So every rank runs the backward, the ranks then
+agree (one all-reduce of a finiteness flag) and all drop the step's gradients, or all step; the count of skipped
+steps in a row, and the stop it triggers, are therefore the same on every rank.
 """
 import torch
 from torch import distributed as dist

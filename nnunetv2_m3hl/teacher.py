@@ -65,37 +65,55 @@ def _propagation_dtype(n_vox: int) -> torch.dtype:
 
 
 def _propagate_max_index(fg: torch.Tensor, check_every: int = 4, pointer_jumping: bool = True,
-                         separable: bool = False) -> Tuple[torch.Tensor, int]:
+                         separable: bool = False, hooking: bool = True) -> Tuple[torch.Tensor, int]:
     """Label propagation on ``fg`` ``(N, C, *spatial)``, every (sample, channel) on its own: each
     foreground voxel ends with the largest 1-based voxel index of its component (0 on background).
 
-    Max-pooling moves a label one voxel per iteration. Pointer jumping lets a voxel take over the label
-    that the voxel its label points at holds by now, which is always as large (labels only grow and a
-    voxel's label is at least its own index) and in the same component, so labels travel along long
-    components in far fewer iterations. Returns the labels and the number of iterations run.
+    A voxel's label is always the index of a voxel of its own component, at least its own index, and only
+    grows. Three moves, each of which keeps that true, share one fixed point (every voxel holds its
+    component's largest index):
+
+    - max-pooling: a voxel takes the largest label among its neighbours, one voxel per iteration;
+    - pointer jumping: a voxel takes the label that the voxel its label names holds by now;
+    - hooking: the voxel a label names takes the largest label any voxel naming it has just seen, so that
+      a label found anywhere in a region reaches, through one voxel, everything that points there (the
+      hooking step of Shiloach and Vishkin's parallel connectivity algorithm, J. Algorithms 1982, with the
+      larger label winning).
+
+    Pooling alone needs as many iterations as the longest path in a component; jumping cuts that on long
+    components; hooking on ragged ones too (an untrained teacher's argmax): on the maps of
+    ``benchmarks/lcc_cost.py`` 12 iterations instead of 44 to 136. Returns the labels and the number of
+    iterations run.
     """
     n, c = fg.shape[:2]
     spatial = fg.shape[2:]
     n_vox = fg[0, 0].numel()
     dtype = _propagation_dtype(n_vox)
-    index = torch.arange(1, n_vox + 1, device=fg.device, dtype=dtype).view(1, 1, *spatial)
-    ids = torch.where(fg, index, torch.zeros((), device=fg.device, dtype=dtype))
+    # 0-based inside the loop, so that a label is directly the flat index of the voxel it names; background
+    # holds 0 and so names voxel 0, where it only ever offers or takes a 0, which changes nothing
+    zero = torch.zeros((), device=fg.device, dtype=dtype)
+    ids = torch.where(fg, torch.arange(n_vox, device=fg.device, dtype=dtype).view(1, 1, *spatial), zero)
     flat_shape = (n * c, n_vox)
     iterations = 0
     while True:
         previous = ids
         for _ in range(check_every):
-            ids = torch.where(fg, _max_pool_same(ids, separable), ids)
+            pooled = torch.where(fg, _max_pool_same(ids, separable), ids)
+            if hooking:
+                pooled = pooled.view(flat_shape).scatter_reduce(1, ids.view(flat_shape).long(),
+                                                                pooled.view(flat_shape), 'amax').view_as(ids)
+            ids = pooled
             if pointer_jumping:
-                pointer = (ids.view(flat_shape) - 1).clamp_(min=0).long()
-                ids = torch.where(fg, ids.view(flat_shape).gather(1, pointer).view_as(ids), ids)
+                named = ids.view(flat_shape).long()
+                ids = torch.where(fg, ids.view(flat_shape).gather(1, named).view_as(ids), ids)
         iterations += check_every
         if torch.equal(ids, previous):  # the only host synchronisation of the loop
-            return ids, iterations
+            return torch.where(fg, ids + 1, zero), iterations
 
 
 def _keep_largest_torch(labels: torch.Tensor, classes: List[int], max_elements: int = 2 ** 25,
-                        pointer_jumping: bool = True, separable: bool = False) -> Tuple[torch.Tensor, int]:
+                        pointer_jumping: bool = True, separable: bool = False, hooking: bool = True
+                        ) -> Tuple[torch.Tensor, int]:
     """Largest component of every listed class in one propagation (one channel per class); classes are
     taken in chunks so that the channels fit ``max_elements``. Returns the mask of kept voxels and the
     number of propagation iterations run."""
@@ -106,7 +124,7 @@ def _keep_largest_torch(labels: torch.Tensor, classes: List[int], max_elements: 
     for first in range(0, len(classes), chunk):
         cls = torch.tensor(classes[first:first + chunk], device=labels.device)
         fg = labels.unsqueeze(1) == cls.view(1, -1, *([1] * (labels.ndim - 1)))  # (N, C, *spatial)
-        ids, its = _propagate_max_index(fg, pointer_jumping=pointer_jumping, separable=separable)
+        ids, its = _propagate_max_index(fg, pointer_jumping=pointer_jumping, separable=separable, hooking=hooking)
         iterations += its
         ids = ids.long().view(-1, n_vox)                                          # (N * C, n_vox)
         groups = ids.shape[0]

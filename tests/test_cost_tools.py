@@ -34,9 +34,12 @@ def test_mixing_cost_checks_both_forms_and_counts_operators(nnunet_env, planned_
     parts = result['parts']
     assert set(parts) >= {'block masks', 'mixing (select)', 'mixing (blend, before)',
                           'deep-supervision targets (views)', 'deep-supervision targets (interpolation, before)'}
-    assert all(r['operators'] > 0 and r['seconds'] >= 0 for r in parts.values())
-    assert parts['deep-supervision targets (views)']['operators'] < \
-        parts['deep-supervision targets (interpolation, before)']['operators']
+    assert all(r['seconds'] >= 0 for r in parts.values())
+    # strided views launch no kernel at all; every other part does
+    assert parts['deep-supervision targets (views)']['operators'] == 0
+    assert all(r['operators'] > 0 for name, r in parts.items() if name != 'deep-supervision targets (views)')
+    assert parts['block masks']['operators'] < parts['block masks (on the device, before)']['operators']
+    assert parts['per-pair share']['operators'] < parts['per-pair share (gather and XOR, before)']['operators']
 
 
 def test_mixing_cost_names_the_missing_dataset_json(tmp_path):

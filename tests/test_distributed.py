@@ -75,6 +75,7 @@ def _guarded_worker(rank: int, world_size: int, port: int, result_folder: str, n
             x[:] = float('nan')
         opt.zero_grad()
         loss = model(x).pow(2).mean()
+        loss.backward()  # on every rank, as in the trainer, so that DDP's all-reduces stay matched
         if not guard.all_ranks_finite(loss):
             record['skipped'].append(step)
             try:
@@ -84,7 +85,6 @@ def _guarded_worker(rank: int, world_size: int, port: int, result_folder: str, n
                 break
             continue
         guard.step_done()
-        loss.backward()
         opt.step()
     record['weights'] = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
     with open(os.path.join(result_folder, f'rank{rank}.json'), 'w') as f:

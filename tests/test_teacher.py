@@ -107,11 +107,38 @@ def serpentine(size: int = 33) -> torch.Tensor:
 
 def test_pointer_jumping_gives_the_same_labels_in_far_fewer_iterations():
     fg = serpentine()
-    pooled, pooling_iterations = _propagate_max_index(fg, pointer_jumping=False)
-    jumped, jumping_iterations = _propagate_max_index(fg, pointer_jumping=True)
+    pooled, pooling_iterations = _propagate_max_index(fg, pointer_jumping=False, hooking=False)
+    jumped, jumping_iterations = _propagate_max_index(fg, pointer_jumping=True, hooking=False)
     assert torch.equal(pooled, jumped)
     assert set(jumped.unique().tolist()) == {0, fg.numel()}  # one component, labelled with its largest index
     assert pooling_iterations > 10 * jumping_iterations, (pooling_iterations, jumping_iterations)
+
+
+def ragged_foreground(shape, seed: int) -> torch.Tensor:
+    """Smoothed noise split at its median: many components with long, ragged borders (an untrained teacher)."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.normal(size=shape), (0, 0) + (2.0,) * (len(shape) - 2))
+    return torch.from_numpy(field > np.median(field))
+
+
+@pytest.mark.parametrize('shape', [(3, 2, 64, 56), (2, 2, 20, 24, 22)])
+def test_hooking_gives_the_same_labels_in_fewer_iterations(shape):
+    fg = ragged_foreground(shape, seed=5)
+    pooled, _ = _propagate_max_index(fg, pointer_jumping=False, hooking=False)
+    jumped, jumping_iterations = _propagate_max_index(fg, hooking=False)
+    hooked, hooking_iterations = _propagate_max_index(fg)
+    assert torch.equal(hooked, pooled) and torch.equal(jumped, pooled)
+    assert hooking_iterations < jumping_iterations, (hooking_iterations, jumping_iterations)
+    # each component carries its largest voxel index, as scipy's labelling says
+    for sample in range(shape[0]):
+        for channel in range(shape[1]):
+            components, _ = ndimage.label(fg[sample, channel].numpy(), np.ones((3,) * (len(shape) - 2)))
+            flat_ids = hooked[sample, channel].flatten().numpy()
+            flat_components = components.ravel()
+            for k in np.unique(flat_components[flat_components > 0]):
+                assert set(flat_ids[flat_components == k]) == {np.flatnonzero(flat_components == k).max() + 1}
+    serpent = serpentine()
+    assert torch.equal(_propagate_max_index(serpent)[0], _propagate_max_index(serpent, hooking=False)[0])
 
 
 @pytest.mark.parametrize('max_elements', [1, 2 ** 25])

@@ -283,25 +283,29 @@ class M3HLTrainer(nnUNetTrainer):
         if self._capture_example:
             self._keep_example(x_l, x_u, mixed, output)
 
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+        # checked after the backward, not before: the check waits for the GPU, and before the backward that wait
+        # would leave the GPU idle while the backward's kernels are launched. A non-finite loss only makes
+        # gradients that the skip drops (every rank runs the backward, so DDP's all-reduces stay matched)
         if not self.step_guard.all_ranks_finite(loss):
             return self._skip_nonfinite_step(loss)
         self.step_guard.step_done()
         if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
         ema_update(self.teacher, unwrap_network(self.network),
                    ema_decay_at(self.mixing_step, self.ema_decay, self.teacher_ema_warm_start))
         self.mixing_step += 1
-        return {'loss': loss.detach().cpu().numpy(), 'mix_loss': mix.detach().cpu().numpy(),
-                'high_loss': l_high.detach().float().cpu().numpy(), 'low_loss': l_low.detach().float().cpu().numpy(),
-                'pseudo_fg': (pseudo > 0).float().mean().cpu().numpy(), 'skipped': np.array(0.0)}
+        # one copy to the host (one wait for the GPU) for everything logged
+        logged = torch.stack([v.detach().float() for v in (loss, mix, l_high, l_low, (pseudo > 0).float().mean())])
+        loss_value, mix_value, high_value, low_value, fg_value = (np.array(v) for v in logged.cpu().numpy())
+        return {'loss': loss_value, 'mix_loss': mix_value, 'high_loss': high_value, 'low_loss': low_value,
+                'pseudo_fg': fg_value, 'skipped': np.array(0.0)}
 
     def _skip_nonfinite_step(self, loss: torch.Tensor) -> dict:
         """Every rank skips together (see ``step_guard``)."""
