@@ -124,6 +124,36 @@ def account(trainer, batch, device: torch.device, cpu_bf16: bool) -> dict:
     return result
 
 
+def load_plans_for_trainers(args, scratch: str):
+    """Plans, dataset.json, patch and batch size from ``args.plans`` / ``-c`` / ``--patch`` / ``--batch``, with a
+    private nnU-Net environment in ``scratch`` in which trainers can be built without the dataset's data."""
+    for var in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):
+        os.environ[var] = scratch  # the trainers write their logs there, never into a real results folder
+    os.environ.setdefault('nnUNet_compile', 'f')
+    with open(args.plans) as f:
+        plans = json.load(f)
+    dataset_json_file = os.path.join(os.path.dirname(os.path.abspath(args.plans)), 'dataset.json')
+    if not os.path.isfile(dataset_json_file):
+        sys.exit(f"{dataset_json_file} not found: --plans must lie in the dataset's nnUNet_preprocessed folder, "
+                 f"next to its dataset.json")
+    with open(dataset_json_file) as f:
+        dataset_json = json.load(f)
+    if args.configuration not in plans['configurations']:
+        sys.exit(f"{args.plans} has no configuration {args.configuration!r}: "
+                 f"one of {sorted(plans['configurations'])}")
+    configuration = plans['configurations'][args.configuration]
+    # initialize() infers the dataset format from the preprocessed folder: an empty stand-in is enough
+    data_identifier = configuration.get('data_identifier', f"{plans['plans_name']}_{args.configuration}")
+    stand_in = os.path.join(scratch, plans['dataset_name'], data_identifier)
+    os.makedirs(stand_in)
+    open(os.path.join(stand_in, 'stand_in.b2nd'), 'w').close()
+    patch = args.patch or configuration['patch_size']
+    batch_size = args.batch or configuration['batch_size']
+    if len(patch) != len(configuration['patch_size']):
+        sys.exit(f"--patch needs {len(configuration['patch_size'])} sizes for {args.configuration}")
+    return plans, dataset_json, patch, batch_size
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--plans', required=True, help='an nnU-Net plans file; dataset.json is read from its folder')
@@ -135,30 +165,7 @@ def main():
     p.add_argument('-o', default=None)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
-        for var in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):
-            os.environ[var] = scratch  # the trainers write their logs there, never into a real results folder
-        os.environ.setdefault('nnUNet_compile', 'f')
-        with open(args.plans) as f:
-            plans = json.load(f)
-        dataset_json_file = os.path.join(os.path.dirname(os.path.abspath(args.plans)), 'dataset.json')
-        if not os.path.isfile(dataset_json_file):
-            sys.exit(f"{dataset_json_file} not found: --plans must lie in the dataset's nnUNet_preprocessed folder, "
-                     f"next to its dataset.json")
-        with open(dataset_json_file) as f:
-            dataset_json = json.load(f)
-        if args.configuration not in plans['configurations']:
-            sys.exit(f"{args.plans} has no configuration {args.configuration!r}: "
-                     f"one of {sorted(plans['configurations'])}")
-        configuration = plans['configurations'][args.configuration]
-        # initialize() infers the dataset format from the preprocessed folder: an empty stand-in is enough
-        data_identifier = configuration.get('data_identifier', f"{plans['plans_name']}_{args.configuration}")
-        stand_in = os.path.join(scratch, plans['dataset_name'], data_identifier)
-        os.makedirs(stand_in)
-        open(os.path.join(stand_in, 'stand_in.b2nd'), 'w').close()
-        patch = args.patch or configuration['patch_size']
-        batch_size = args.batch or configuration['batch_size']
-        if len(patch) != len(configuration['patch_size']):
-            sys.exit(f"--patch needs {len(configuration['patch_size'])} sizes for {args.configuration}")
+        plans, dataset_json, patch, batch_size = load_plans_for_trainers(args, scratch)
         device = torch.device(args.device)
         rows = {}
         for name in ('nnUNetTrainer', 'M3HLTrainer'):

@@ -89,42 +89,74 @@ def high_level_loss(student_high: torch.Tensor, teacher_high: torch.Tensor,
     return _against_couple(distance, student_high, teacher_high.detach())
 
 
+# elements of the largest temporary of one chunk of ``L_low`` (128 MB in float32): the term runs while the whole
+# forward's activations are held, so its buffers add to the step's peak memory
+LOW_LEVEL_CHUNK_ELEMENTS = 2 ** 25
+
+
+def _couple_chunks(student: torch.Tensor, teacher: torch.Tensor, max_elements: int):
+    """Column chunks of the maps flattened per sample, each as (mixed images of the couples ``(m, 2, 1, w)``, the
+    teacher's unlabeled images of the couples ``(m, 1, 2, w)``, a lone last pair's maps ``(1, w)`` or None, and the
+    column slice); with a batch of one there are no couples (``m = 0``). The difference of the first two holds all
+    four terms of every couple in one tensor."""
+    batch = student.shape[0]
+    n_couples = batch // 2
+    s, t = student.reshape(batch, -1), teacher.reshape(batch, -1)
+    width = max(1, max_elements // (2 * batch))
+    for first in range(0, s.shape[1], width):
+        columns = slice(first, first + width)
+        s_chunk, t_chunk = s[:, columns], t[:, columns]
+        w = s_chunk.shape[1]
+        lone = (s_chunk[2 * n_couples:], t_chunk[2 * n_couples:]) if batch % 2 else None
+        yield (s_chunk[:2 * n_couples].view(n_couples, 2, 1, w), t_chunk[:2 * n_couples].view(n_couples, 1, 2, w),
+               lone, columns)
+
+
 class _CoupleL1(torch.autograd.Function):
     """``0.5 * (mean|s - t| + mean|s - t[partner]|)`` that keeps no copy of the feature maps for the backward.
 
     The plain expression (``F.l1_loss(s.float(), t.float())`` twice) makes autograd keep two float32 copies of
     the student's full-resolution map and a gathered copy of the teacher's, about four times the map itself
     at half precision: in 3d the largest extra memory of the whole M3HL step. Here the backward recomputes
-    the signs from ``s`` and ``t``, which live until then anyway, one sample at a time. The gradient is the
-    one autograd gives for the plain expression: each term's ``sign * (0.5 * g / N)`` in float32, cast to the
-    map's dtype, the two summed in that dtype."""
+    the signs from ``s`` and ``t``, which live until then anyway. Both directions work on the whole batch at once
+    in column chunks of bounded size (a handful of kernels per chunk, not per sample, and a bounded temporary);
+    the value is summed in float32 as in the plain expression. The gradient is the one autograd gives for the
+    plain expression bit for bit: each term's ``sign * (0.5 * g / N)`` cast to the map's dtype, the two summed
+    in that dtype, which is exactly ``(sign_own + sign_partner) * cast(0.5 * g / N)``."""
 
     @staticmethod
-    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, partners: Tuple[int, ...]) -> torch.Tensor:
-        # partners are host integers: indexing with them never waits for the GPU
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, max_elements: int) -> torch.Tensor:
         ctx.save_for_backward(student, teacher)
-        ctx.partners = partners
+        ctx.max_elements = max_elements
         total = student.new_zeros((), dtype=torch.float32)
-        for i, partner in enumerate(partners):
-            for k in (i, partner):
-                total = total + (student[i].float() - teacher[k].float()).abs_().sum()
+        for s_couples, t_couples, lone, _ in _couple_chunks(student, teacher, max_elements):
+            # float32 minus the teacher's half-precision map is computed in float32, without a float32 copy of it
+            if s_couples.numel():
+                total = total + (s_couples.float() - t_couples).abs_().sum()
+            if lone is not None:  # a lone pair is its own partner: its term counts twice
+                total = total + 2 * (lone[0].float() - lone[1]).abs_().sum()
         return 0.5 * total / student.numel()
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         student, teacher = ctx.saved_tensors
-        per_voxel = (0.5 * grad_output.float()) / student.numel()
-        grad = torch.empty_like(student)
-        for i, partner in enumerate(ctx.partners):
-            s = student[i].float()
-            own = (torch.sgn(s - teacher[i].float()) * per_voxel).to(student.dtype)
-            other = (torch.sgn(s - teacher[partner].float()) * per_voxel).to(student.dtype)
-            torch.add(own, other, out=grad[i])
-        return grad, None, None
+        # the signs in the maps' own dtype: rounding keeps a difference's sign and makes no non-zero one zero, so
+        # they are the float32 signs, and (-2..2) * the cast step is exact in that dtype: no float32 copies here
+        step = ((0.5 * grad_output.float()) / student.numel()).to(student.dtype)
+        batch = student.shape[0]
+        grad = torch.empty((batch, student[0].numel()), dtype=student.dtype, device=student.device)
+        n_paired = 2 * (batch // 2)
+        for s_couples, t_couples, lone, columns in _couple_chunks(student, teacher, ctx.max_elements):
+            if s_couples.numel():
+                signs = torch.sgn(s_couples - t_couples).sum(dim=2)  # (m, 2, w): own + partner
+                torch.mul(signs, step, out=grad[:n_paired, columns].view_as(signs))
+            if lone is not None:
+                torch.mul(torch.sgn(lone[0] - lone[1]), 2 * step, out=grad[n_paired:, columns])
+        return grad.view(student.shape), None, None
 
 
-def low_level_loss(student_low: torch.Tensor, teacher_low: torch.Tensor) -> torch.Tensor:
+def low_level_loss(student_low: torch.Tensor, teacher_low: torch.Tensor,
+                   max_chunk_elements: int = LOW_LEVEL_CHUNK_ELEMENTS) -> torch.Tensor:
     """Mean absolute difference of the last decoder feature maps, each mixed image against both unlabeled
     images of its couple (as ``_against_couple``), without keeping copies of the maps for the backward."""
-    partners = tuple(partner_index(student_low.shape[0]).tolist())
-    return _CoupleL1.apply(student_low, teacher_low.detach(), partners)
+    return _CoupleL1.apply(student_low, teacher_low.detach(), max_chunk_elements)

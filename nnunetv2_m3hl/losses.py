@@ -13,24 +13,31 @@ from torch import nn
 from nnunetv2.training.loss.robust_ce_loss import RobustCrossEntropyLoss
 
 
-def masked_soft_dice_loss(probabilities: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                          smooth: float = 1e-5) -> torch.Tensor:
-    """1 - mean soft Dice over all classes, computed over the whole batch inside the binary ``mask``
-    ``(B, 1, *s)``; ``target`` ``(B, 1, *s)`` holds class indices.
+def soft_dice_loss_per_region(probabilities: torch.Tensor, target: torch.Tensor, regions: torch.Tensor,
+                              smooth: float = 1e-5) -> torch.Tensor:
+    """1 - mean soft Dice over all classes of every region, each computed over the whole batch inside its binary
+    mask; ``regions`` ``(R, B, 1, *s)`` bool, ``target`` ``(B, 1, *s)`` class indices. Returns ``(R,)``.
 
     Written with sums (``fp + fn = sum(p) + sum(y) - 2 tp``) and boolean masks, so that autograd keeps one
     byte per voxel and class for the backward instead of nnU-Net's float ``tp``/``fp``/``fn`` maps: the
-    Dice value is the same up to float rounding."""
-    axes = [0] + list(range(2, probabilities.ndim))
+    Dice value is the same up to float rounding. All regions go through the same kernels at once (a leading
+    region axis): on a GPU the loss of the small deep-supervision scales is bound by the number of launches."""
+    axes = [1] + list(range(3, probabilities.ndim + 1))  # batch and space; (region, class) remain
     classes = torch.arange(probabilities.shape[1], device=probabilities.device)
     classes = classes.view(1, -1, *([1] * (probabilities.ndim - 2)))
-    inside = mask.bool()
-    hit = (target == classes) & inside
-    tp = (probabilities * hit).sum(axes)
-    predicted = (probabilities * inside).sum(axes)
+    hit = (target == classes).unsqueeze(0) & regions  # (R, B, K, *s)
+    p = probabilities.unsqueeze(0)
+    tp = (p * hit).sum(axes)
+    predicted = (p * regions).sum(axes)
     labeled = hit.sum(axes)
     dice = (2 * tp + smooth) / (predicted + labeled + smooth)
-    return 1 - dice.mean()
+    return 1 - dice.mean(dim=1)
+
+
+def masked_soft_dice_loss(probabilities: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                          smooth: float = 1e-5) -> torch.Tensor:
+    """``soft_dice_loss_per_region`` of the one region ``mask`` ``(B, 1, *s)``."""
+    return soft_dice_loss_per_region(probabilities, target, mask.bool().unsqueeze(0), smooth)[0]
 
 
 class RegionWeightedDiceCE(nn.Module):
@@ -45,17 +52,15 @@ class RegionWeightedDiceCE(nn.Module):
         """``logits`` ``(B, K, *s)``; ``target`` and ``from_unlabeled`` (binary) ``(B, 1, *s)``."""
         logits = logits.float()
         from_unlabeled = from_unlabeled.bool()
+        regions = torch.stack((~from_unlabeled, from_unlabeled))  # (2, B, 1, *s): labeled, pseudo-labeled
         if self.ignore_label is not None:
             valid = target != self.ignore_label
             target = torch.where(valid, target, torch.zeros_like(target))
-        else:
-            valid = torch.ones_like(from_unlabeled)
+            regions = regions & valid
         probabilities = torch.softmax(logits, dim=1)
         ce_map = self.ce(logits, target.long())
-        total = logits.new_zeros(())
-        for region, weight in ((~from_unlabeled, 1.0), (from_unlabeled, self.u_weight)):
-            region = region & valid
-            dice = masked_soft_dice_loss(probabilities, target, region, self.smooth)
-            ce = (ce_map * region[:, 0]).sum() / region.sum().clamp_min(1)
-            total = total + weight * (dice + ce)
-        return total
+        dice = soft_dice_loss_per_region(probabilities, target, regions, self.smooth)
+        spatial = list(range(1, regions.ndim))
+        ce = (ce_map.unsqueeze(0) * regions[:, :, 0]).sum(spatial[:-1]) / regions.sum(spatial).clamp_min(1)
+        per_region = dice + ce
+        return per_region[0] + self.u_weight * per_region[1]

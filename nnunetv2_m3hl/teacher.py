@@ -28,8 +28,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     s_params = [p.detach() for p in student.parameters()]
     if len(t_params) != len(s_params):
         raise ValueError("teacher and student have different parameter lists")
-    torch._foreach_mul_(t_params, decay)
-    torch._foreach_add_(t_params, s_params, alpha=1.0 - decay)
+    # t + (1 - decay) (s - t): one pass over the weights instead of a product and a sum
+    torch._foreach_lerp_(t_params, s_params, 1.0 - decay)
     for t_buf, s_buf in zip(teacher.buffers(), student.buffers()):
         if t_buf.dtype.is_floating_point:
             t_buf.mul_(decay).add_(s_buf.detach(), alpha=1.0 - decay)

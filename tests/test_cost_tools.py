@@ -42,6 +42,21 @@ def test_mixing_cost_checks_both_forms_and_counts_operators(nnunet_env, planned_
     assert parts['per-pair share']['operators'] < parts['per-pair share (gather and XOR, before)']['operators']
 
 
+def test_step_operations_counts_every_phase_of_both_steps(nnunet_env, planned_2d, tmp_path):
+    plans = str(nnunet_env / 'preprocessed' / planned_2d / 'nnUNetPlans.json')
+    result, printed = run_benchmark('step_operations.py', plans, tmp_path / 'ops.json', '--batch', '3')
+    base, m3hl = result['operations']['nnUNetTrainer'], result['operations']['M3HLTrainer']
+    # the same network and optimiser in both steps: the same operations
+    for phase in ('student forward', 'optimizer step', 'gradient clipping'):
+        assert base[phase] == m3hl[phase] > 0, phase
+    assert base["nnU-Net's loss"] > 0 and 'teacher forward' not in base
+    for phase in ('teacher forward', 'pseudo-label cleanup', 'masks', 'mixing', 'mix loss', 'L_high', 'L_low',
+                  'EMA update', 'backward'):
+        assert m3hl[phase] > 0, phase
+    assert result['total_operations']['M3HLTrainer'] == sum(m3hl.values())
+    assert result['ratio'] > 1 and 'ratio M3HL / nnU-Net' in printed
+
+
 def test_mixing_cost_names_the_missing_dataset_json(tmp_path):
     plans = tmp_path / 'nnUNetPlans.json'
     plans.write_text(json.dumps({'configurations': {'2d': {'batch_size': 2, 'patch_size': [32, 32]}}}))

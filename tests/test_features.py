@@ -128,3 +128,42 @@ def test_low_level_loss_keeps_no_copy_of_half_precision_maps():
     one_map = student.numel() * student.element_size()
     assert saved_bytes_beyond([student, teacher], lambda: plain_low_level_loss(student, teacher)) >= 4 * one_map
     assert saved_bytes_beyond([student, teacher], lambda: low_level_loss(student, teacher)) < 0.01 * one_map
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('batch_size', [1, 4, 5])
+def test_low_level_loss_in_small_chunks_is_the_same(dtype, batch_size):
+    """Chunks of a few columns (down to one) give the gradient of the plain expression bit for bit, and its value."""
+    torch.manual_seed(10 + batch_size)
+    start = torch.randn(batch_size, 3, 7, 5).to(dtype)
+    teacher = torch.randn(batch_size, 3, 7, 5).to(dtype)
+    # equal voxels and voxels one unit in the last place apart: the signs the backward takes in the maps' dtype
+    teacher[:, 0] = start[:, 0]
+    teacher[:, 1] = torch.nextafter(start[:, 1], torch.tensor(float('inf'), dtype=dtype))
+    teacher[:, 1, ::2] = torch.nextafter(start[:, 1, ::2], torch.tensor(float('-inf'), dtype=dtype))
+    assert ((teacher - start)[:, 1] != 0).all()
+    plain = start.clone().requires_grad_()
+    expected = plain_low_level_loss(plain, teacher)
+    (expected * 2.3).backward()
+    for max_chunk_elements in (1, 4 * batch_size, 50, 10 ** 6):
+        lean = start.clone().requires_grad_()
+        value = low_level_loss(lean, teacher, max_chunk_elements=max_chunk_elements)
+        (value * 2.3).backward()
+        assert torch.equal(plain.grad, lean.grad), max_chunk_elements
+        assert torch.allclose(value, expected, rtol=1e-6, atol=0)
+
+
+def test_low_level_loss_launches_a_few_operations_per_chunk_not_per_sample():
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+    from operator_count import count_operations
+    teacher = torch.randn(13, 4, 8, 8).half()
+
+    def forward_and_backward(batch_size):
+        student = torch.randn(batch_size, 4, 8, 8).half().requires_grad_()
+        return lambda: low_level_loss(student, teacher[:batch_size]).backward()
+    # the same count for 12 and 13 samples as for 2 and 3: it does not grow with the batch
+    assert count_operations(forward_and_backward(12)) == count_operations(forward_and_backward(2))
+    assert count_operations(forward_and_backward(13)) == count_operations(forward_and_backward(3))
+    assert count_operations(forward_and_backward(13)) < 40

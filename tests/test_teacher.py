@@ -74,7 +74,7 @@ def test_all_background_teacher_gives_empty_pseudo_labels():
     assert torch.allclose(probs.sum(1), torch.ones(2, 8, 8))
 
 
-def test_ema_update_is_exact():
+def test_ema_update_is_the_ema_formula():
     torch.manual_seed(0)
     student = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
     teacher = make_teacher(student)
@@ -90,7 +90,8 @@ def test_ema_update_is_exact():
     for k, v in teacher.state_dict().items():
         s = student.state_dict()[k]
         if v.dtype.is_floating_point:
-            assert torch.allclose(v, 0.99 * t_before[k] + 0.01 * s, atol=1e-7, rtol=0)
+            # up to float32 rounding (computed as t + 0.01 (s - t), one pass over the weights)
+            assert torch.allclose(v, 0.99 * t_before[k] + 0.01 * s, atol=1e-7, rtol=1e-6)
         else:
             assert torch.equal(v, s)
     assert all(not p.requires_grad for p in teacher.parameters())
