@@ -4,10 +4,10 @@
 # With real data (the benchmark datasets on the GPU machine):
 #   M3HL_ACDC=/data/ACDC M3HL_LA="/data/LA/2018LA_Seg_Training Set" bash benchmarks/gpu_check.sh
 # runs, at nnU-Net's native plans: the step cost on ACDC 2d and LA 3d_fullres with every pseudo-label cleanup
-# mode, where the extra memory goes (memory_breakdown.py) and the cost of masks, mixing and deep-supervision
-# targets (mixing_cost.py) on both, the cleanup cost, and real_data.py --budget gpu on ACDC with 3 labeled
-# patients (both trainers, bounded by wall-clock time). Without them: the step cost and a short 3d training on
-# synthetic phantoms.
+# mode (teacher_side_stream also for its peak memory), where the extra memory goes (memory_breakdown.py) and the
+# cost of masks, mixing and deep-supervision targets (mixing_cost.py) on both, the cleanup cost, and real_data.py
+# --budget gpu on ACDC with 3 labeled patients (both trainers, bounded by wall-clock time). Without them: the step
+# cost and a short 3d training on synthetic phantoms.
 # Where the raw data cannot travel to the GPU machine, carry the prepared datasets instead, trimmed to a few cases
 # (the step costs depend on the plans, not on the number of cases):
 #   python benchmarks/real_data.py --dataset acdc --data /data/ACDC --labeled 3 --budget gpu --prepare-only --workdir W/acdc3
@@ -33,7 +33,8 @@ lcc_cost() {
 real_step_cost() {  # dataset id, configuration, folder of the prepared nnU-Net environment, name
     nnUNet_raw=$3/nnUNet_raw nnUNet_preprocessed=$3/nnUNet_preprocessed nnUNet_results=$3/step_cost_results \
     nnUNet_compile=f python3 benchmarks/step_cost.py --device cuda --dataset "$1" -c "$2" --steps 15 --warmup 3 \
-        --cleanup-modes sync side_stream host_thread --skip-loading -o "$out/step_cost_$4_cuda.json" \
+        --cleanup-modes sync side_stream host_thread teacher_side_stream --memory-cleanup-modes teacher_side_stream \
+        --skip-loading -o "$out/step_cost_$4_cuda.json" \
         2>&1 | tee "$out/step_cost_$4_cuda.log"
     local plans
     plans=$(ls "$3"/nnUNet_preprocessed/Dataset"$1"_*/nnUNetPlans.json)
@@ -76,7 +77,7 @@ lcc_cost
 export nnUNet_raw=$work/raw nnUNet_preprocessed=$work/preprocessed nnUNet_results=$work/results
 echo "== step cost on CUDA, synthetic phantoms (compile off, both trainers alike)"
 nnUNet_compile=f python3 benchmarks/step_cost.py --device cuda --configurations 2d 3d_fullres --steps 20 \
-    --cleanup-modes sync side_stream host_thread --workdir "$work" -o "$out/step_cost_cuda.json" \
+    --cleanup-modes sync side_stream host_thread teacher_side_stream --workdir "$work" -o "$out/step_cost_cuda.json" \
     2>&1 | tee "$out/step_cost_cuda.log"
 
 echo "== 2-epoch 3d_fullres training with torch.compile"

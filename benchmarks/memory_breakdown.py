@@ -22,7 +22,6 @@ import tempfile
 from collections import defaultdict
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))

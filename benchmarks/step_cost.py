@@ -110,9 +110,10 @@ def breakdown(trainer, x_l, target, x_u, device, repeats):
 
         def mix():
             masks = trainer.make_masks(number_of_couples(x_l.shape[0]), x_l.shape[2:], device)
-            state['mixed'] = mutual_mix(x_l, y_l, x_u, state['pseudo'], masks)
-            state['ds'] = downsample_for_deep_supervision([state['mixed'].targets, state['mixed'].from_unlabeled],
-                                                          trainer._get_deep_supervision_scales())
+            # targets and regions converted once, as the trainer does
+            state['mixed'] = mutual_mix(x_l, y_l.long(), x_u, state['pseudo'], masks)
+            state['ds'] = downsample_for_deep_supervision(
+                [state['mixed'].targets, state['mixed'].from_unlabeled.bool()], trainer._get_deep_supervision_scales())
 
         def student():
             trainer.optimizer.zero_grad(set_to_none=True)
@@ -133,10 +134,12 @@ def breakdown(trainer, x_l, target, x_u, device, repeats):
     return {k: float(np.median(v)) for k, v in phases.items()}
 
 
-def peak_memory_child(args, trainer_name):
+def peak_memory_child(args, trainer_name, cleanup_mode=None):
     """Peak memory of the steps of one trainer, measured in a fresh process so that the two don't mix."""
     cmd = [sys.executable, __file__, '--workdir', args.workdir, '--device', args.device, '--configurations',
            args.current, '--memory-of', trainer_name, '--steps', str(args.memory_steps), '-p', args.plans]
+    if cleanup_mode is not None:
+        cmd += ['--memory-cleanup-mode', cleanup_mode]
     if args.dataset is not None:
         cmd += ['--dataset', str(args.dataset)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -148,6 +151,9 @@ def memory_of(args):
     dataset_id = prepare(args, args.current)
     torch.backends.cudnn.benchmark = True
     trainer = make_trainer(dataset_id, args.current, args.memory_of, device, args.plans)
+    if args.memory_cleanup_mode is not None:
+        from nnunetv2_m3hl.overlap import PseudoLabelCleanup
+        trainer.pseudo_label_cleanup = PseudoLabelCleanup(args.memory_cleanup_mode)
     labeled, unlabeled = fixed_batches(trainer)
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats()
@@ -210,19 +216,22 @@ def benchmark(args, configuration):
         step(m3hl, labeled, unlabeled)
     from nnunetv2_m3hl.overlap import PseudoLabelCleanup
     cleanups = {mode: PseudoLabelCleanup(mode) for mode in args.cleanup_modes}
+    teacher_in_line = PseudoLabelCleanup('sync')
     t_base, t_by_mode, t_without_cleanup = [], {mode: [] for mode in cleanups}, []
     for _ in range(args.steps):  # interleaved, so that load on the machine hits all alike
         t_base.append(timed(lambda: step(base, labeled, None), device))
         for mode, cleanup in cleanups.items():
             m3hl.pseudo_label_cleanup = cleanup
             t_by_mode[mode].append(timed(lambda: step(m3hl, labeled, unlabeled), device))
-        # the same step without the largest-component cleanup: what a perfectly hidden cleanup would cost
+        # the same step without the largest-component cleanup (the teacher in line): what a perfectly hidden
+        # cleanup would cost
+        m3hl.pseudo_label_cleanup = teacher_in_line
         m3hl.largest_component = False
         t_without_cleanup.append(timed(lambda: step(m3hl, labeled, unlabeled), device))
         m3hl.largest_component = True
     for cleanup in cleanups.values():
         cleanup.close()
-    m3hl.pseudo_label_cleanup = PseudoLabelCleanup('sync')
+    m3hl.pseudo_label_cleanup = teacher_in_line
     t_m3hl = t_by_mode[args.cleanup_modes[0]]
     x_l = labeled['data'].to(device)
     target = [t.to(device) for t in labeled['target']] if isinstance(labeled['target'], list) \
@@ -249,6 +258,9 @@ def benchmark(args, configuration):
         mem_m3hl = peak_memory_child(args, 'M3HLTrainer')
         result.update({'peak_memory_nnUNetTrainer_MB': mem_base / 2 ** 20,
                        'peak_memory_M3HLTrainer_MB': mem_m3hl / 2 ** 20, 'memory_ratio': mem_m3hl / mem_base})
+        by_mode = {mode: peak_memory_child(args, 'M3HLTrainer', mode) for mode in args.memory_cleanup_modes}
+        if by_mode:
+            result['memory_ratio_by_cleanup_mode'] = {mode: peak / mem_base for mode, peak in by_mode.items()}
     if not args.skip_loading:
         result['loading_batches_per_s_nnUNetTrainer'] = loader_throughput(base, args.loader_batches)
         result['loading_batches_per_s_M3HLTrainer'] = loader_throughput(m3hl, args.loader_batches)
@@ -268,6 +280,9 @@ def main():
                    help="pseudo-label cleanup modes to time (sync, side_stream, host_thread); the first one gives "
                         "the headline ratio")
     p.add_argument('--memory-steps', type=int, default=3)
+    p.add_argument('--memory-cleanup-modes', nargs='*', default=[],
+                   help="cleanup modes whose peak memory is measured too (besides the trainer's default)")
+    p.add_argument('--memory-cleanup-mode', default=None, help=argparse.SUPPRESS)
     p.add_argument('--loader-batches', type=int, default=20)
     p.add_argument('--workdir', default=None, help='reuse an nnU-Net environment across runs')
     p.add_argument('--skip-memory', action='store_true')

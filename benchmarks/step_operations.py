@@ -29,6 +29,9 @@ sys.path.insert(0, HERE)
 from memory_breakdown import load_plans_for_trainers, make_trainer, random_batch  # noqa: E402
 from operator_count import OperationCounter  # noqa: E402
 
+from nnunetv2_m3hl.overlap import PseudoLabelCleanup, Ready  # noqa: E402
+from nnunetv2_m3hl.teacher import largest_component_per_class  # noqa: E402
+
 
 @contextmanager
 def patched(target, attribute: str, counter: OperationCounter, phase: str):
@@ -40,13 +43,14 @@ def patched(target, attribute: str, counter: OperationCounter, phase: str):
         setattr(target, attribute, original)
 
 
-class TorchCleanup:
+class TorchCleanup(PseudoLabelCleanup):
     """The CUDA path's cleanup (torch propagation), run where it is called."""
 
-    def start(self, hard: torch.Tensor, num_classes: int):
-        from nnunetv2_m3hl.overlap import _Done
-        from nnunetv2_m3hl.teacher import largest_component_per_class
-        return _Done(largest_component_per_class(hard, num_classes, backend='torch'))
+    def __init__(self):
+        super().__init__('sync')
+
+    def start(self, hard: torch.Tensor, num_classes: int) -> Ready:
+        return Ready(largest_component_per_class(hard, num_classes, backend='torch'))
 
 
 def count_step(trainer, batch) -> dict:
@@ -59,8 +63,8 @@ def count_step(trainer, batch) -> dict:
     common = [(torch.Tensor, 'backward', 'backward'), (torch.nn.utils, 'clip_grad_norm_', 'gradient clipping'),
               (trainer.optimizer, 'step', 'optimizer step'), (trainer.optimizer, 'zero_grad', 'zero_grad')]
     if hasattr(trainer, 'teacher'):
-        trainer.pseudo_label_cleanup = TorchCleanup()
-        trainer.pseudo_label_cleanup.start = counter.labelled('pseudo-label cleanup', trainer.pseudo_label_cleanup.start)
+        cleanup = trainer.pseudo_label_cleanup = TorchCleanup()
+        cleanup.start = counter.labelled('pseudo-label cleanup', cleanup.start)
         trainer.teacher.forward = counter.labelled('teacher forward', trainer.teacher.forward)
         trainer.network.forward = counter.labelled('student forward', trainer.network.forward)
         trainer.make_masks = counter.labelled('masks', trainer.make_masks)

@@ -4,10 +4,10 @@ The network is never changed: the bottleneck (``encoder.stages[-1]``) and the la
 (``decoder.stages[-1]``) are read with forward hooks, which also works for every architecture
 nnU-Net plans (PlainConvUNet, ResidualEncoderUNet, ...).
 """
+from functools import lru_cache
 from typing import Dict, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nnunetv2_m3hl.mixing import partner_index
@@ -59,11 +59,27 @@ class FeatureTap:
         self._handles = []
 
 
-def _against_couple(distance, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean of ``distance(student[i], teacher[k])`` for k = i and k = the partner of i: every mixed
-    image of a couple against both unlabeled images of the couple (4 terms per couple)."""
-    partner = partner_index(student.shape[0], student.device)
-    return 0.5 * (distance(student, teacher) + distance(student, teacher[partner]))
+@lru_cache(maxsize=16)
+def _own_and_partner_index(batch_size: int, device: torch.device) -> torch.Tensor:
+    """``[0, partner(0), 1, partner(1), ...]``: each pair's own unlabeled image, then its partner's (a lone last
+    pair is its own partner). Made once per batch size and device."""
+    own = torch.arange(batch_size, device=device)
+    return torch.stack((own, partner_index(batch_size, device)), dim=1).flatten()
+
+
+def _couple_cosine_distance(student: torch.Tensor, teacher: torch.Tensor, per_position: bool) -> torch.Tensor:
+    """Mean of ``1 - cos`` of every mixed image against both unlabeled images of its couple (4 terms per couple,
+    a lone pair against itself twice), all pairs in the same few kernels. The cosine is taken over the channels
+    at every position (``per_position``) or over the whole flattened feature (one per sample); it is
+    ``F.cosine_similarity``'s (up to rounding; 0 against a zero vector)."""
+    batch, channels = student.shape[:2]
+    layout = (batch, channels, -1) if per_position else (batch, -1, 1)  # (B, features, positions)
+    s = student.float().reshape(layout).unsqueeze(1)                                    # (B, 1, F, P)
+    t = teacher.float().index_select(0, _own_and_partner_index(batch, teacher.device))
+    t = t.reshape(batch, 2, *s.shape[2:])                                               # (B, 2, F, P)
+    dots = (s * t).sum(dim=2)
+    norms = s.norm(dim=2) * t.norm(dim=2)
+    return (1 - dots / norms.clamp_min(1e-8)).mean()
 
 
 HIGH_COSINE_PER_SAMPLE = 'sample'
@@ -77,16 +93,10 @@ def high_level_loss(student_high: torch.Tensor, teacher_high: torch.Tensor,
     ``sample`` (the reference code): one cosine per sample over its whole flattened feature (channels x
     positions), so positions with strong activations weigh more. ``position``: one cosine per voxel over the
     channels, averaged over positions, blind to how activation strength is spread over the image."""
-    if cosine_over == HIGH_COSINE_PER_SAMPLE:
-        def distance(s, t):
-            return (1 - F.cosine_similarity(s.float().flatten(1), t.float().flatten(1), dim=1)).mean()
-    elif cosine_over == HIGH_COSINE_PER_POSITION:
-        def distance(s, t):
-            return (1 - F.cosine_similarity(s.float(), t.float(), dim=1)).mean()
-    else:
+    if cosine_over not in (HIGH_COSINE_PER_SAMPLE, HIGH_COSINE_PER_POSITION):
         raise ValueError(f"cosine_over must be '{HIGH_COSINE_PER_SAMPLE}' or '{HIGH_COSINE_PER_POSITION}', "
                          f"got {cosine_over!r}")
-    return _against_couple(distance, student_high, teacher_high.detach())
+    return _couple_cosine_distance(student_high, teacher_high.detach(), cosine_over == HIGH_COSINE_PER_POSITION)
 
 
 # elements of the largest temporary of one chunk of ``L_low`` (128 MB in float32): the term runs while the whole
@@ -158,5 +168,5 @@ class _CoupleL1(torch.autograd.Function):
 def low_level_loss(student_low: torch.Tensor, teacher_low: torch.Tensor,
                    max_chunk_elements: int = LOW_LEVEL_CHUNK_ELEMENTS) -> torch.Tensor:
     """Mean absolute difference of the last decoder feature maps, each mixed image against both unlabeled
-    images of its couple (as ``_against_couple``), without keeping copies of the maps for the backward."""
+    images of its couple (as ``high_level_loss``), without keeping copies of the maps for the backward."""
     return _CoupleL1.apply(student_low, teacher_low.detach(), max_chunk_elements)

@@ -8,19 +8,23 @@ the loss. So the cleanup can run while the student computes:
   by an event; the main stream waits for it before the loss (CUDA only);
 - ``host_thread``: the argmax map (uint8) goes to the host and scipy cleans it in worker threads, one sample
   per thread (scipy releases the GIL while it labels, so the main thread keeps launching the student's
-  kernels); the result comes back to the device before the loss.
+  kernels); the result comes back to the device before the loss;
+- ``teacher_side_stream``: the teacher's forward needs only the unlabeled patches, so it moves to the side
+  stream too, with its pseudo-labels and their cleanup: the teacher's and the student's forward passes run
+  at the same time (CUDA only; elsewhere the same as ``sync``).
 
-Every mode keeps exactly the voxels ``largest_component_per_class`` keeps (tests compare them bit for bit).
+Every mode keeps exactly the voxels ``largest_component_per_class`` keeps (tests compare them bit for bit), and
+every mode gives the same teacher outputs.
 """
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 
 from nnunetv2_m3hl.teacher import largest_component_per_class, largest_component_per_class_numpy
 
-CLEANUP_MODES = ('sync', 'side_stream', 'host_thread')
+CLEANUP_MODES = ('sync', 'side_stream', 'host_thread', 'teacher_side_stream')
 
 
 def host_cleanup_threads() -> int:
@@ -28,12 +32,24 @@ def host_cleanup_threads() -> int:
     return max(1, min(8, (os.cpu_count() or 2) // 2))
 
 
-class _Done:
-    def __init__(self, value: torch.Tensor):
+class Ready:
+    """A result that is already there (the same ``result()`` as a started cleanup)."""
+
+    def __init__(self, value):
         self.value = value
 
-    def result(self) -> torch.Tensor:
+    def result(self):
         return self.value
+
+
+class _TeacherOutputs:
+    """The teacher pass run in the calling thread; its cleanup, if still running, is waited for on ``result()``."""
+
+    def __init__(self, cleaning, high: torch.Tensor, low: torch.Tensor):
+        self.cleaning, self.high, self.low = cleaning, high, low
+
+    def result(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.cleaning.result(), self.high, self.low
 
 
 class PseudoLabelCleanup:
@@ -58,13 +74,40 @@ class PseudoLabelCleanup:
                                                    thread_name_prefix='m3hl-cleanup-sample')
         return self._sample_pool
 
+    def run_teacher(self, teacher_pass: Callable, device: torch.device):
+        """``teacher_pass()`` returns (the handle of a started cleanup, the teacher's bottleneck and last decoder
+        features). Returns an object whose ``result()`` is (the cleaned pseudo-labels, the two feature maps): with
+        ``teacher_side_stream`` on CUDA the whole pass runs on the side stream, else in the calling thread now."""
+        if self.mode != 'teacher_side_stream' or device.type != 'cuda':
+            return _TeacherOutputs(*teacher_pass())
+
+        def whole_pass():
+            cleaning, high, low = teacher_pass()
+            return cleaning.result(), high, low
+        return self._on_side_stream(whole_pass, device)
+
+    def _on_side_stream(self, fn: Callable, device: torch.device) -> '_StreamResult':
+        """``fn()`` in the worker thread on the side stream, after everything queued on the current stream so far."""
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device=device)
+        produced = torch.cuda.Event()
+        produced.record()
+        stream = self._stream
+
+        def on_side_stream():
+            # grad mode is thread-local: the worker must not record a graph for the teacher's tensors
+            with torch.no_grad(), torch.cuda.stream(stream):
+                stream.wait_event(produced)
+                return fn()
+        return _StreamResult(self._worker().submit(on_side_stream), stream)
+
     def start(self, hard: torch.Tensor, num_classes: int):
         """``hard``: the teacher's argmax; returns an object whose ``result()`` is the cleaned map on its device."""
         mode = self.mode
-        if mode == 'side_stream' and hard.device.type != 'cuda':
-            mode = 'sync'
+        if mode == 'teacher_side_stream' or (mode == 'side_stream' and hard.device.type != 'cuda'):
+            mode = 'sync'  # in that mode the whole teacher pass, this cleanup included, is already on the side stream
         if mode == 'sync':
-            return _Done(largest_component_per_class(hard, num_classes))
+            return Ready(largest_component_per_class(hard, num_classes))
         if mode == 'host_thread':
             device, dtype = hard.device, hard.dtype
             small = hard.to(torch.uint8) if num_classes <= 256 else hard
@@ -81,17 +124,8 @@ class PseudoLabelCleanup:
                 return torch.from_numpy(largest_component_per_class_numpy(host.numpy(), num_classes, samples))
             return _HostResult(self._worker().submit(clean_on_host), device, dtype)
         # side_stream
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(device=hard.device)
-        produced = torch.cuda.Event()
-        produced.record()
-        stream = self._stream
-
-        def clean_on_side_stream() -> torch.Tensor:
-            with torch.no_grad(), torch.cuda.stream(stream):
-                stream.wait_event(produced)
-                return largest_component_per_class(hard, num_classes, backend='torch')
-        return _StreamResult(self._worker().submit(clean_on_side_stream), stream, hard)
+        return self._on_side_stream(lambda: largest_component_per_class(hard, num_classes, backend='torch'),
+                                    hard.device)
 
     def close(self) -> None:
         for pool in (self._pool, self._sample_pool):
@@ -109,13 +143,16 @@ class _HostResult:
 
 
 class _StreamResult:
-    def __init__(self, future: Future, stream, source: torch.Tensor):
-        self.future, self.stream, self.source = future, stream, source
+    def __init__(self, future: Future, stream):
+        self.future, self.stream = future, stream
 
-    def result(self) -> torch.Tensor:
-        cleaned = self.future.result()
-        current = torch.cuda.current_stream(cleaned.device)
+    def result(self):
+        """What the side-stream job returned (a tensor or a tuple of tensors), ready for the current stream."""
+        value = self.future.result()
+        tensors = value if isinstance(value, tuple) else (value,)
+        current = torch.cuda.current_stream(self.stream.device)
         current.wait_stream(self.stream)
-        # the tensors made on the side stream are used on the main one from here on
-        cleaned.record_stream(current)
-        return cleaned
+        for tensor in tensors:
+            # made on the side stream, used on the main one from here on
+            tensor.record_stream(current)
+        return value

@@ -64,7 +64,7 @@ def _propagation_dtype(n_vox: int) -> torch.dtype:
     return torch.float32 if n_vox < 2 ** 24 else torch.float64
 
 
-def _propagate_max_index(fg: torch.Tensor, check_every: int = 4, pointer_jumping: bool = True,
+def _propagate_max_index(fg: torch.Tensor, first_check: int = 8, check_every: int = 2, pointer_jumping: bool = True,
                          separable: bool = False, hooking: bool = True) -> Tuple[torch.Tensor, int]:
     """Label propagation on ``fg`` ``(N, C, *spatial)``, every (sample, channel) on its own: each
     foreground voxel ends with the largest 1-based voxel index of its component (0 on background).
@@ -82,8 +82,9 @@ def _propagate_max_index(fg: torch.Tensor, check_every: int = 4, pointer_jumping
 
     Pooling alone needs as many iterations as the longest path in a component; jumping cuts that on long
     components; hooking on ragged ones too (an untrained teacher's argmax): on the maps of
-    ``benchmarks/lcc_cost.py`` 12 iterations instead of 44 to 136. Returns the labels and the number of
-    iterations run.
+    ``benchmarks/lcc_cost.py`` the fixed point is reached after 5 to 8 iterations instead of 44 to 136. So the
+    first check comes after ``first_check`` iterations, later ones every ``check_every``. Returns the labels and
+    the number of iterations run (the last one changed nothing).
     """
     n, c = fg.shape[:2]
     spatial = fg.shape[2:]
@@ -94,10 +95,10 @@ def _propagate_max_index(fg: torch.Tensor, check_every: int = 4, pointer_jumping
     zero = torch.zeros((), device=fg.device, dtype=dtype)
     ids = torch.where(fg, torch.arange(n_vox, device=fg.device, dtype=dtype).view(1, 1, *spatial), zero)
     flat_shape = (n * c, n_vox)
-    iterations = 0
+    iterations, block = 0, first_check
     while True:
-        previous = ids
-        for _ in range(check_every):
+        for _ in range(block):
+            previous = ids
             pooled = torch.where(fg, _max_pool_same(ids, separable), ids)
             if hooking:
                 pooled = pooled.view(flat_shape).scatter_reduce(1, ids.view(flat_shape).long(),
@@ -106,9 +107,12 @@ def _propagate_max_index(fg: torch.Tensor, check_every: int = 4, pointer_jumping
             if pointer_jumping:
                 named = ids.view(flat_shape).long()
                 ids = torch.where(fg, ids.view(flat_shape).gather(1, named).view_as(ids), ids)
-        iterations += check_every
-        if torch.equal(ids, previous):  # the only host synchronisation of the loop
+        iterations += block
+        # every move only raises labels, so an iteration that changes nothing is at the fixed point: the last
+        # iteration of each block is checked (the only host synchronisation of the loop)
+        if torch.equal(ids, previous):
             return torch.where(fg, ids + 1, zero), iterations
+        block = check_every
 
 
 def _keep_largest_torch(labels: torch.Tensor, classes: List[int], max_elements: int = 2 ** 25,

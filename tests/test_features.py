@@ -167,3 +167,41 @@ def test_low_level_loss_launches_a_few_operations_per_chunk_not_per_sample():
     assert count_operations(forward_and_backward(12)) == count_operations(forward_and_backward(2))
     assert count_operations(forward_and_backward(13)) == count_operations(forward_and_backward(3))
     assert count_operations(forward_and_backward(13)) < 40
+
+
+def plain_high_level_loss(student, teacher, cosine_over):
+    """Each mixed image against each unlabeled image of its couple with ``F.cosine_similarity``, one pair at a time."""
+    partner = [k ^ 1 if k ^ 1 < student.shape[0] else k for k in range(student.shape[0])]
+
+    def distance(s, t):
+        if cosine_over == 'sample':
+            return (1 - torch.nn.functional.cosine_similarity(s.flatten(1), t.flatten(1), dim=1)).mean()
+        return (1 - torch.nn.functional.cosine_similarity(s, t, dim=1)).mean()
+    return 0.5 * (distance(student.float(), teacher.float()) + distance(student.float(), teacher[partner].float()))
+
+
+@pytest.mark.parametrize('cosine_over', ['sample', 'position'])
+@pytest.mark.parametrize('batch_size', [1, 3, 4, 13])
+def test_high_level_loss_matches_the_pairwise_cosines_in_value_and_gradient(cosine_over, batch_size):
+    torch.manual_seed(batch_size)
+    start = torch.randn(batch_size, 6, 3, 4, 2)
+    teacher = start + 0.5 * torch.randn_like(start)
+    plain, lean = start.clone().requires_grad_(), start.clone().requires_grad_()
+    expected, value = plain_high_level_loss(plain, teacher, cosine_over), high_level_loss(lean, teacher, cosine_over)
+    expected.backward()
+    value.backward()
+    assert torch.allclose(value, expected, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(lean.grad, plain.grad, rtol=1e-4, atol=1e-8)
+
+
+def test_high_level_loss_launches_the_same_operations_for_any_batch():
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+    from operator_count import count_operations
+    teacher = torch.randn(13, 16, 4, 4).half()
+
+    def forward_and_backward(batch_size):
+        student = torch.randn(batch_size, 16, 4, 4).half().requires_grad_()
+        return lambda: high_level_loss(student, teacher[:batch_size]).backward()
+    assert count_operations(forward_and_backward(13)) == count_operations(forward_and_backward(2)) < 50

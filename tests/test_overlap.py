@@ -41,7 +41,7 @@ def test_unknown_mode_is_refused():
 def test_trainer_step_is_the_same_with_the_cleanup_overlapped(nnunet_env, planned_2d):
     from test_trainer_step import batches, make_trainer
     losses, labeled, unlabeled = {}, None, None
-    for mode in ('sync', 'host_thread'):
+    for mode in ('sync', 'host_thread', 'teacher_side_stream'):
         trainer = make_trainer(planned_2d)  # the same initial weights every time
         trainer.pseudo_label_cleanup = PseudoLabelCleanup(mode)
         if labeled is None:
@@ -51,3 +51,18 @@ def test_trainer_step_is_the_same_with_the_cleanup_overlapped(nnunet_env, planne
                         for _ in range(2)]
         trainer.pseudo_label_cleanup.close()
     assert np.array_equal(losses['sync'], losses['host_thread'])
+    assert np.array_equal(losses['sync'], losses['teacher_side_stream'])
+
+
+@pytest.mark.parametrize('mode', CLEANUP_MODES)
+def test_every_mode_hands_back_the_teacher_pass(mode):
+    labels = noisy_labels((3, 24, 20), 0)
+    high, low = torch.randn(3, 8, 3, 2), torch.randn(3, 4, 24, 20)
+    cleanup = PseudoLabelCleanup(mode)
+    try:
+        outputs = cleanup.run_teacher(lambda: (cleanup.start(labels, 4), high, low), labels.device)
+        pseudo, got_high, got_low = outputs.result()
+        assert torch.equal(pseudo, largest_component_per_class(labels, 4, backend='torch'))
+        assert got_high is high and got_low is low
+    finally:
+        cleanup.close()

@@ -27,7 +27,7 @@ from nnunetv2_m3hl.features import HIGH_COSINE_PER_SAMPLE, FeatureTap, high_leve
 from nnunetv2_m3hl.losses import RegionWeightedDiceCE
 from nnunetv2_m3hl.mixing import MixedBatch, downsample_for_deep_supervision, make_block_masks, mix_images, \
     mix_targets, number_of_couples
-from nnunetv2_m3hl.overlap import PseudoLabelCleanup
+from nnunetv2_m3hl.overlap import PseudoLabelCleanup, Ready
 from nnunetv2_m3hl.pretrained import PretrainedWeightsWatcher, whole_model_state
 from nnunetv2_m3hl.progress import M3HLLocalLogger
 from nnunetv2_m3hl.schedule import ema_decay_at, teacher_terms_scale
@@ -58,8 +58,10 @@ class M3HLTrainer(nnUNetTrainer):
         self.high_cosine_over = HIGH_COSINE_PER_SAMPLE  # one cosine per sample, as the reference code
         self.largest_component = True
         # where the cleanup runs: 'side_stream' (CUDA: overlapped with the student's forward on a second stream;
-        # elsewhere the same as 'sync'), 'sync', or 'host_thread' (scipy in worker threads); every mode keeps the
-        # same voxels. side_stream was the fastest on an H200 at ACDC's and LA's native plans (RESULTS.md)
+        # elsewhere the same as 'sync'), 'sync', 'host_thread' (scipy in worker threads), or 'teacher_side_stream'
+        # (CUDA: the teacher's forward too, at the same time as the student's; not measured on a GPU yet); every
+        # mode keeps the same voxels. side_stream was the fastest on an H200 at ACDC's and LA's native plans
+        # (RESULTS.md)
         self.pseudo_label_cleanup_mode = 'side_stream'
         self.unlabeled_batch_size = None  # None: the labeled batch size of this rank
         # share of the epochs trained with nnU-Net's own supervised step on the labeled patches before mixing
@@ -247,14 +249,9 @@ class M3HLTrainer(nnUNetTrainer):
         scale = self.teacher_terms_scale()
         self.region_loss.u_weight = self.u_weight * scale
 
-        with torch.no_grad(), self._autocast():
-            teacher_logits = self.teacher(x_u)
-            teacher_high, teacher_low = self.teacher_tap.pop()
-        hard = hard_pseudo_labels(teacher_logits)
-        n_classes = teacher_logits.shape[1]
-        del teacher_logits  # not held through the student's forward and backward
-        # the cleanup may run while the student computes: the student needs the mixed images only
-        cleaning = self.pseudo_label_cleanup.start(hard, n_classes) if self.largest_component else None
+        # the student needs the mixed images only: the cleanup (or, with 'teacher_side_stream', the whole teacher
+        # pass) may run while it computes
+        teacher_outputs = self.pseudo_label_cleanup.run_teacher(lambda: self.teacher_pass(x_u), x_u.device)
 
         masks = self.make_masks(number_of_couples(n_pairs), x_l.shape[2:], self.device)
         images, from_unlabeled = mix_images(x_l, x_u, masks)
@@ -263,9 +260,12 @@ class M3HLTrainer(nnUNetTrainer):
             output = self.network(images)
         student_high, student_low = self.student_tap.pop()
 
-        pseudo = (hard if cleaning is None else cleaning.result()).unsqueeze(1)
-        mixed = MixedBatch(images, mix_targets(y_l, pseudo, from_unlabeled), from_unlabeled, masks)
-        per_scale = downsample_for_deep_supervision([mixed.targets, mixed.from_unlabeled],
+        pseudo, teacher_high, teacher_low = teacher_outputs.result()
+        pseudo = pseudo.unsqueeze(1)
+        # targets as int64 and regions as bool once at full resolution: every deep-supervision scale is a view of
+        # them, so the loss converts nothing per scale
+        mixed = MixedBatch(images, mix_targets(y_l.long(), pseudo, from_unlabeled), from_unlabeled, masks)
+        per_scale = downsample_for_deep_supervision([mixed.targets, mixed.from_unlabeled.bool()],
                                                     self._get_deep_supervision_scales())
         targets = [t for t, _ in per_scale]
         regions = [r for _, r in per_scale]
@@ -306,6 +306,18 @@ class M3HLTrainer(nnUNetTrainer):
         loss_value, mix_value, high_value, low_value, fg_value = (np.array(v) for v in logged.cpu().numpy())
         return {'loss': loss_value, 'mix_loss': mix_value, 'high_loss': high_value, 'low_loss': low_value,
                 'pseudo_fg': fg_value, 'skipped': np.array(0.0)}
+
+    def teacher_pass(self, x_unlabeled: torch.Tensor):
+        """The teacher's forward on the unlabeled patches: (the started cleanup of its argmax, whose ``result()`` is
+        the pseudo-label map, its bottleneck features, its last decoder features)."""
+        with torch.no_grad(), self._autocast():
+            teacher_logits = self.teacher(x_unlabeled)
+            teacher_high, teacher_low = self.teacher_tap.pop()
+        hard = hard_pseudo_labels(teacher_logits)
+        n_classes = teacher_logits.shape[1]
+        del teacher_logits  # not held through the student's forward and backward
+        cleaning = self.pseudo_label_cleanup.start(hard, n_classes) if self.largest_component else Ready(hard)
+        return cleaning, teacher_high, teacher_low
 
     def _skip_nonfinite_step(self, loss: torch.Tensor) -> dict:
         """Every rank skips together (see ``step_guard``)."""
