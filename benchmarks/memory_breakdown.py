@@ -26,6 +26,9 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from operator_count import in_phase  # noqa: E402
 
 MB = 2 ** 20
 
@@ -62,16 +65,6 @@ def parameter_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def phase_wrapper(ledger: SavedTensorLedger, name: str, fn):
-    def wrapped(*args, **kwargs):
-        previous, ledger.phase = ledger.phase, name
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            ledger.phase = previous
-    return wrapped
-
-
 def make_trainer(name: str, plans: dict, configuration: str, dataset_json: dict, device: torch.device):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2_m3hl.trainers.m3hl_trainer import M3HLTrainer
@@ -100,16 +93,16 @@ def account(trainer, batch, device: torch.device, cpu_bf16: bool) -> dict:
     # weights, gradients, SGD momentum; M3HL also holds its teacher's weights
     result = {'weights_grads_momentum': 3 * params}
     ledger = SavedTensorLedger(excluded_storages=list(trainer.network.parameters()))
-    trainer.network.forward = phase_wrapper(ledger, 'student forward', trainer.network.forward)
+    trainer.network.forward = in_phase(ledger, 'student forward', trainer.network.forward)
     x_l, target, x_u = batch
     with ledger.recording(), autocast_like_training(device, cpu_bf16):
         if hasattr(trainer, 'teacher'):
             import nnunetv2_m3hl.trainers.m3hl_trainer as m3hl_module
             result['teacher_weights'] = parameter_bytes(trainer.teacher)
-            trainer.mix_loss.forward = phase_wrapper(ledger, 'mix loss', trainer.mix_loss.forward)
+            trainer.mix_loss.forward = in_phase(ledger, 'mix loss', trainer.mix_loss.forward)
             originals = {name: getattr(m3hl_module, name) for name in ('high_level_loss', 'low_level_loss')}
             for name, fn in originals.items():
-                setattr(m3hl_module, name, phase_wrapper(ledger, name.replace('_level_loss', ' feature term'), fn))
+                setattr(m3hl_module, name, in_phase(ledger, name.replace('_level_loss', ' feature term'), fn))
             try:
                 trainer.m3hl_step(x_l.to(device), [t.to(device) for t in target] if isinstance(target, list)
                                   else target.to(device), x_u.to(device))
@@ -117,7 +110,7 @@ def account(trainer, batch, device: torch.device, cpu_bf16: bool) -> dict:
                 for name, fn in originals.items():
                     setattr(m3hl_module, name, fn)
         else:
-            trainer.loss.forward = phase_wrapper(ledger, "nnU-Net's loss", trainer.loss.forward)
+            trainer.loss.forward = in_phase(ledger, "nnU-Net's loss", trainer.loss.forward)
             trainer.train_step({'data': x_l, 'target': target})
     result.update(ledger.bytes)
     return result
@@ -153,12 +146,17 @@ def load_plans_for_trainers(args, scratch: str):
     return plans, dataset_json, patch, batch_size
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_plans_arguments(p: argparse.ArgumentParser) -> None:
+    """The options ``load_plans_for_trainers`` reads."""
     p.add_argument('--plans', required=True, help='an nnU-Net plans file; dataset.json is read from its folder')
     p.add_argument('-c', '--configuration', required=True)
     p.add_argument('--batch', type=int, default=None, help="default: the plans' batch size")
     p.add_argument('--patch', type=int, nargs='+', default=None, help="default: the plans' patch size")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_plans_arguments(p)
     p.add_argument('--device', default='cpu')
     p.add_argument('--cpu-bf16', action='store_true', help='run the CPU step under bfloat16 autocast')
     p.add_argument('-o', default=None)

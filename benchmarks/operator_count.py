@@ -27,13 +27,19 @@ class OperationCounter(TorchDispatchMode):
 
     def labelled(self, phase: str, fn: Callable) -> Callable:
         """``fn`` with its operations counted under ``phase``."""
-        def wrapped(*args, **kwargs):
-            previous, self.phase = self.phase, phase
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.phase = previous
-        return wrapped
+        return in_phase(self, phase, fn)
+
+
+def in_phase(recorder, phase: str, fn: Callable) -> Callable:
+    """``fn`` with ``recorder.phase`` set to ``phase`` while it runs (whatever the recorder counts is then
+    attributed to that phase)."""
+    def wrapped(*args, **kwargs):
+        previous, recorder.phase = recorder.phase, phase
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            recorder.phase = previous
+    return wrapped
 
 
 def count_operations(fn: Callable[[], object]) -> int:

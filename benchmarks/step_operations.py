@@ -26,7 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from memory_breakdown import load_plans_for_trainers, make_trainer, random_batch  # noqa: E402
+from memory_breakdown import add_plans_arguments, load_plans_for_trainers, make_trainer, random_batch  # noqa: E402
 from operator_count import OperationCounter  # noqa: E402
 
 from nnunetv2_m3hl.overlap import PseudoLabelCleanup, Ready  # noqa: E402
@@ -97,10 +97,7 @@ def _all_patched(patches, counter):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--plans', required=True, help='an nnU-Net plans file; dataset.json is read from its folder')
-    p.add_argument('-c', '--configuration', required=True)
-    p.add_argument('--batch', type=int, default=None, help="default: the plans' batch size")
-    p.add_argument('--patch', type=int, nargs='+', default=None, help="default: the plans' patch size")
+    add_plans_arguments(p)
     p.add_argument('-o', default=None)
     args = p.parse_args()
     device = torch.device('cpu')

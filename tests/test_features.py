@@ -1,11 +1,18 @@
+import os
+import sys
+
 import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
 from conftest import saved_bytes_beyond
+
 from nnunetv2_m3hl.features import FeatureTap, high_level_loss, low_level_loss
 from nnunetv2_m3hl.teacher import make_teacher
+
+# benchmarks/operator_count.py counts the operations that the feature terms launch
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
 
 
 def build(arch: str, dim: int):
@@ -153,20 +160,19 @@ def test_low_level_loss_in_small_chunks_is_the_same(dtype, batch_size):
         assert torch.allclose(value, expected, rtol=1e-6, atol=0)
 
 
-def test_low_level_loss_launches_a_few_operations_per_chunk_not_per_sample():
-    import os
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+def operations_of_forward_and_backward(loss, batch_size: int, feature_shape) -> int:
+    """Tensor operations of one forward and backward of a feature term on half-precision maps (caches warmed)."""
     from operator_count import count_operations
-    teacher = torch.randn(13, 4, 8, 8).half()
+    teacher = torch.randn(batch_size, *feature_shape).half()
+    student = torch.randn(batch_size, *feature_shape).half().requires_grad_()
+    loss(student, teacher).backward()
+    return count_operations(lambda: loss(student, teacher).backward())
 
-    def forward_and_backward(batch_size):
-        student = torch.randn(batch_size, 4, 8, 8).half().requires_grad_()
-        return lambda: low_level_loss(student, teacher[:batch_size]).backward()
+
+def test_low_level_loss_launches_a_few_operations_per_chunk_not_per_sample():
+    counts = {b: operations_of_forward_and_backward(low_level_loss, b, (4, 8, 8)) for b in (2, 3, 12, 13)}
     # the same count for 12 and 13 samples as for 2 and 3: it does not grow with the batch
-    assert count_operations(forward_and_backward(12)) == count_operations(forward_and_backward(2))
-    assert count_operations(forward_and_backward(13)) == count_operations(forward_and_backward(3))
-    assert count_operations(forward_and_backward(13)) < 40
+    assert counts[12] == counts[2] and counts[13] == counts[3] < 40
 
 
 def plain_high_level_loss(student, teacher, cosine_over):
@@ -195,13 +201,5 @@ def test_high_level_loss_matches_the_pairwise_cosines_in_value_and_gradient(cosi
 
 
 def test_high_level_loss_launches_the_same_operations_for_any_batch():
-    import os
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
-    from operator_count import count_operations
-    teacher = torch.randn(13, 16, 4, 4).half()
-
-    def forward_and_backward(batch_size):
-        student = torch.randn(batch_size, 16, 4, 4).half().requires_grad_()
-        return lambda: high_level_loss(student, teacher[:batch_size]).backward()
-    assert count_operations(forward_and_backward(13)) == count_operations(forward_and_backward(2)) < 50
+    counts = {b: operations_of_forward_and_backward(high_level_loss, b, (16, 4, 4)) for b in (2, 13)}
+    assert counts[13] == counts[2] < 50
