@@ -4,8 +4,8 @@ used on GPUs), against its earlier form, on the same label maps.
     python benchmarks/lcc_cost.py --device cuda -o benchmarks/results/lcc_cost_cuda.json
     python benchmarks/lcc_cost.py --device cpu  -o benchmarks/results/lcc_cost_cpu.json
 
-Forms of the same algorithm (label propagation by 3x3(x3) max-pooling, a convergence check
-with one host synchronisation every 4 iterations):
+Forms of the same algorithm (label propagation by 3x3(x3) max-pooling; the convergence check, one host
+synchronisation, after 8 iterations and then every 2):
   per class, pooling only           one propagation per class (the earliest implementation)
   all classes, pooling only         one propagation, one channel per class
   all classes, pointer jumping      the same plus pointer jumping

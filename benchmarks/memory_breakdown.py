@@ -122,6 +122,9 @@ def load_plans_for_trainers(args, scratch: str):
     for var in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):
         os.environ[var] = scratch  # the trainers write their logs there, never into a real results folder
     os.environ.setdefault('nnUNet_compile', 'f')
+    if not os.path.isfile(args.plans):
+        sys.exit(f"{args.plans} not found: --plans takes a plans file such as "
+                 f"$nnUNet_preprocessed/DatasetXXX_Name/nnUNetPlans.json")
     with open(args.plans) as f:
         plans = json.load(f)
     dataset_json_file = os.path.join(os.path.dirname(os.path.abspath(args.plans)), 'dataset.json')

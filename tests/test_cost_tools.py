@@ -57,6 +57,15 @@ def test_step_operations_counts_every_phase_of_both_steps(nnunet_env, planned_2d
     assert result['ratio'] > 1 and 'ratio M3HL / nnU-Net' in printed
 
 
+def test_step_operations_names_a_missing_plans_file(tmp_path):
+    missing = tmp_path / 'nnUNetPlans.json'
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'step_operations.py'), '--plans',
+                           str(missing), '-c', '2d', '-o', str(tmp_path / 'ops.json')],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode != 0 and str(missing) in proc.stderr and 'not found' in proc.stderr
+    assert not (tmp_path / 'ops.json').exists()
+
+
 def test_mixing_cost_names_the_missing_dataset_json(tmp_path):
     plans = tmp_path / 'nnUNetPlans.json'
     plans.write_text(json.dumps({'configurations': {'2d': {'batch_size': 2, 'patch_size': [32, 32]}}}))
