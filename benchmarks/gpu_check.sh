@@ -4,10 +4,12 @@
 # With real data (the benchmark datasets on the GPU machine):
 #   M3HL_ACDC=/data/ACDC M3HL_LA="/data/LA/2018LA_Seg_Training Set" bash benchmarks/gpu_check.sh
 # runs, at nnU-Net's native plans: the step cost on ACDC 2d and LA 3d_fullres with every pseudo-label cleanup
-# mode (teacher_side_stream also for its peak memory), where the extra memory goes (memory_breakdown.py) and the
-# cost of masks, mixing and deep-supervision targets (mixing_cost.py) on both, the cleanup cost, and real_data.py
-# --budget gpu on ACDC with 3 labeled patients (both trainers, bounded by wall-clock time). Without them: the step
-# cost and a short 3d training on synthetic phantoms.
+# mode (teacher_side_stream also for its peak memory), where the extra memory goes (memory_breakdown.py), the
+# cost of masks, mixing and deep-supervision targets (mixing_cost.py) and a profile of both steps by phase
+# (step_profile.py) on both, the cleanup cost, and real_data.py --budget gpu on ACDC with 3 labeled patients (both
+# trainers, bounded by wall-clock time). With M3HL_PREPARED (below) it ends with the step cost of both configurations
+# with torch.compile on, as nnUNetv2_train runs on a GPU. Without any of them: the step cost and a short 3d training
+# on synthetic phantoms.
 # Where the raw data cannot travel to the GPU machine, carry the prepared datasets instead, trimmed to a few cases
 # (the step costs depend on the plans, not on the number of cases):
 #   python benchmarks/real_data.py --dataset acdc --data /data/ACDC --labeled 3 --budget gpu --prepare-only --workdir W/acdc3
@@ -15,7 +17,8 @@
 #   python benchmarks/subset_prepared.py W/acdc3/nnUNet_preprocessed/Dataset271_ACDC C/acdc3/nnUNet_preprocessed -c 2d
 #   python benchmarks/subset_prepared.py W/la4/nnUNet_preprocessed/Dataset281_LA C/la4/nnUNet_preprocessed -c 3d_fullres
 #   M3HL_PREPARED=C bash benchmarks/gpu_check.sh          # the same measurements, without the ACDC training
-# Both variants are sized to fit 10 minutes of one H100/H200.
+# Both variants are sized to fit 10 minutes of one H100/H200; the compiled step costs come last, and every
+# measurement writes its own files, so a run stopped at the limit keeps what it finished.
 set -euo pipefail
 out=${1:-${OUT:-gpu_check_out}}
 work=${M3HL_GPU_WORKDIR:-$(mktemp -d)}
@@ -26,7 +29,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, nnunetv2; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
 
 lcc_cost() {
-    echo "== pseudo-label cleanup (largest connected component) on CUDA, earlier and current forms, host path"
+    echo "== [${SECONDS}s] pseudo-label cleanup (largest connected component) on CUDA, earlier and current forms, host path"
     python3 benchmarks/lcc_cost.py --device cuda -o "$out/lcc_cost_cuda.json" 2>&1 | tee "$out/lcc_cost_cuda.log"
 }
 
@@ -42,17 +45,31 @@ real_step_cost() {  # dataset id, configuration, folder of the prepared nnU-Net 
         2>&1 | tail -n 4 | tee "$out/memory_breakdown_$4_cuda.log"
     python3 benchmarks/mixing_cost.py --device cuda --plans "$plans" -c "$2" -o "$out/mixing_cost_$4_cuda.json" \
         2>&1 | tee "$out/mixing_cost_$4_cuda.log"
+    python3 benchmarks/step_profile.py --device cuda --plans "$plans" -c "$2" -o "$out/step_profile_$4_cuda.json" \
+        2>&1 | grep -A 40 'ms per step by phase' | tee "$out/step_profile_$4_cuda.log"
+}
+
+compiled_step_cost() {  # the same, with torch.compile on for both trainers (nnU-Net's default on a GPU)
+    echo "== [${SECONDS}s] step cost with torch.compile, $4"
+    nnUNet_raw=$3/nnUNet_raw nnUNet_preprocessed=$3/nnUNet_preprocessed nnUNet_results=$3/step_cost_results \
+    nnUNet_compile=t python3 benchmarks/step_cost.py --device cuda --dataset "$1" -c "$2" --steps 10 --warmup 3 \
+        --cleanup-modes side_stream --skip-memory --skip-loading -o "$out/step_cost_$4_compiled_cuda.json" \
+        2>&1 | tail -n 4 | tee "$out/step_cost_$4_compiled_cuda.log"
 }
 
 if [ -n "${M3HL_PREPARED:-}" ]; then
     for d in "$M3HL_PREPARED"/acdc3/nnUNet_preprocessed/Dataset271_ACDC "$M3HL_PREPARED"/la4/nnUNet_preprocessed/Dataset281_LA; do
         [ -d "$d" ] || { echo "M3HL_PREPARED: $d not found (see the head of this script for how to make it)"; exit 1; }
     done
-    echo "== prepared ACDC (3 labeled patients), native 2d plans"
+    echo "== [${SECONDS}s] prepared ACDC (3 labeled patients), native 2d plans"
     real_step_cost 271 2d "$M3HL_PREPARED/acdc3" acdc_2d
-    echo "== prepared LA (4 labeled scans), native 3d_fullres plans"
+    echo "== [${SECONDS}s] prepared LA (4 labeled scans), native 3d_fullres plans"
     real_step_cost 281 3d_fullres "$M3HL_PREPARED/la4" la_3d
     lcc_cost
+    # last, since compiling takes minutes: what a default nnUNetv2_train run on a GPU costs
+    compiled_step_cost 271 2d "$M3HL_PREPARED/acdc3" acdc_2d
+    compiled_step_cost 281 3d_fullres "$M3HL_PREPARED/la4" la_3d
+    echo "== [${SECONDS}s] done"
     exit 0
 fi
 

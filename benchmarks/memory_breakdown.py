@@ -157,6 +157,27 @@ def add_plans_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--patch', type=int, nargs='+', default=None, help="default: the plans' patch size")
 
 
+def each_trainer(args, device: torch.device):
+    """``nnUNetTrainer``, then ``M3HLTrainer``, built from the plans that ``args`` names (``add_plans_arguments``),
+    from the same seed and each with the same random batch: yields (name, trainer, batch, patch, batch size)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        plans, dataset_json, patch, batch_size = load_plans_for_trainers(args, scratch)
+        for name in ('nnUNetTrainer', 'M3HLTrainer'):
+            torch.manual_seed(0)
+            trainer = make_trainer(name, plans, args.configuration, dataset_json, device)
+            yield name, trainer, random_batch(trainer, batch_size, patch, torch.Generator().manual_seed(0)), \
+                patch, batch_size
+            del trainer
+
+
+def write_result(path: str, result: dict) -> None:
+    """``result`` as JSON at ``path``, written whole or not at all."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + '.tmp', path)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_plans_arguments(p)
@@ -164,16 +185,10 @@ def main():
     p.add_argument('--cpu-bf16', action='store_true', help='run the CPU step under bfloat16 autocast')
     p.add_argument('-o', default=None)
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
-        plans, dataset_json, patch, batch_size = load_plans_for_trainers(args, scratch)
-        device = torch.device(args.device)
-        rows = {}
-        for name in ('nnUNetTrainer', 'M3HLTrainer'):
-            torch.manual_seed(0)
-            trainer = make_trainer(name, plans, args.configuration, dataset_json, device)
-            batch = random_batch(trainer, batch_size, patch, torch.Generator().manual_seed(0))
-            rows[name] = account(trainer, batch, device, args.cpu_bf16)
-            del trainer
+    device = torch.device(args.device)
+    rows = {}
+    for name, trainer, batch, patch, batch_size in each_trainer(args, device):
+        rows[name] = account(trainer, batch, device, args.cpu_bf16)
     totals = {name: sum(row.values()) for name, row in rows.items()}
     result = {'plans': args.plans, 'configuration': args.configuration, 'patch_size': list(patch),
               'batch_size': batch_size, 'device': args.device,
@@ -186,9 +201,7 @@ def main():
               f"; total {totals[name] / MB:.0f}")
     print(f"  ratio M3HL / nnU-Net: {result['ratio']:.2f}")
     if args.o:
-        os.makedirs(os.path.dirname(os.path.abspath(args.o)), exist_ok=True)
-        with open(args.o, 'w') as f:
-            json.dump(result, f, indent=1)
+        write_result(args.o, result)
 
 
 if __name__ == '__main__':

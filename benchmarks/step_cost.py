@@ -102,7 +102,7 @@ def breakdown(trainer, x_l, target, x_u, device, repeats):
 
         def teacher():
             with torch.no_grad(), trainer._autocast():
-                state['logits'] = trainer.teacher(x_u)
+                state['logits'] = trainer.teacher_network(x_u)
                 state['t'] = trainer.teacher_tap.pop()
 
         def pseudo():
@@ -204,6 +204,7 @@ def loader_throughput(trainer, n_batches):
 
 
 def benchmark(args, configuration):
+    from nnunetv2_m3hl.features import is_compiled
     device = torch.device(args.device)
     dataset_id = prepare(args, configuration)
     torch.backends.cudnn.benchmark = True  # as nnUNetv2_train sets it; the warm-up steps pay for the autotuning
@@ -241,6 +242,8 @@ def benchmark(args, configuration):
         'dataset': 'synthetic' if args.dataset is None else m3hl.plans_manager.dataset_name,
         'plans': args.plans, 'configuration': configuration, 'device': args.device,
         'patch_size': list(m3hl.configuration_manager.patch_size), 'batch_size': m3hl.batch_size,
+        'torch_compile': {'nnUNetTrainer': is_compiled(base.network), 'M3HLTrainer student': is_compiled(m3hl.network),
+                          'M3HLTrainer teacher': is_compiled(m3hl.teacher_network)},
         'nnUNetTrainer_step_s': float(np.median(t_base)), 'M3HLTrainer_step_s': float(np.median(t_m3hl)),
         'step_ratio': float(np.median(t_m3hl) / np.median(t_base)),
         'M3HLTrainer_step_s_by_cleanup_mode': {m: float(np.median(t)) for m, t in t_by_mode.items()},

@@ -14,11 +14,10 @@ run's first steps (the costliest for the cleanup; ``lcc_cost.py`` has trained-te
 that one package function or one nnU-Net call runs, named as the trainer composes them.
 """
 import argparse
-import json
 import os
 import sys
-import tempfile
 from contextlib import contextmanager
+from typing import Callable, List, Tuple
 
 import torch
 
@@ -26,17 +25,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from memory_breakdown import add_plans_arguments, load_plans_for_trainers, make_trainer, random_batch  # noqa: E402
+from memory_breakdown import add_plans_arguments, each_trainer, write_result  # noqa: E402
 from operator_count import OperationCounter  # noqa: E402
 
+import nnunetv2_m3hl.overlap as overlap_module  # noqa: E402
 from nnunetv2_m3hl.overlap import PseudoLabelCleanup, Ready  # noqa: E402
-from nnunetv2_m3hl.teacher import largest_component_per_class  # noqa: E402
 
 
 @contextmanager
-def patched(target, attribute: str, counter: OperationCounter, phase: str):
+def patched(target, attribute: str, wrap: Callable[[str, Callable], Callable], phase: str):
     original = getattr(target, attribute)
-    setattr(target, attribute, counter.labelled(phase, original))
+    setattr(target, attribute, wrap(phase, original))
     try:
         yield
     finally:
@@ -50,48 +49,56 @@ class TorchCleanup(PseudoLabelCleanup):
         super().__init__('sync')
 
     def start(self, hard: torch.Tensor, num_classes: int) -> Ready:
-        return Ready(largest_component_per_class(hard, num_classes, backend='torch'))
+        return Ready(overlap_module.largest_component_per_class(hard, num_classes, backend='torch'))
+
+
+def step_phases(trainer, batch) -> Tuple[List[Tuple[object, str, str]], Callable[[], dict]]:
+    """What one training step of either trainer runs, by phase: the (object, attribute, phase) triples to wrap and
+    the step itself. Each phase is one package function or one nnU-Net call, named as the trainer composes them."""
+    import nnunetv2_m3hl.trainers.m3hl_trainer as m3hl_module
+    x_l, target, x_u = batch
+    patches = [(torch.Tensor, 'backward', 'backward'), (torch.nn.utils, 'clip_grad_norm_', 'gradient clipping'),
+               (trainer.optimizer, 'step', 'optimizer step'), (trainer.optimizer, 'zero_grad', 'zero_grad'),
+               (trainer.network, 'forward', 'student forward')]
+    if not hasattr(trainer, 'teacher'):
+        patches.append((trainer.loss, 'forward', "nnU-Net's loss"))
+        return patches, lambda: trainer.train_step({'data': x_l, 'target': target})
+    patches += [(overlap_module, 'largest_component_per_class', 'pseudo-label cleanup'),
+                (trainer.teacher, 'forward', 'teacher forward'), (trainer, 'make_masks', 'masks'),
+                (trainer.mix_loss, 'forward', 'mix loss'),
+                (trainer.step_guard, 'all_ranks_finite', 'finiteness check')]
+    module_phases = [('hard_pseudo_labels', 'argmax pseudo-labels'), ('mix_images', 'mixing'),
+                     ('mix_targets', 'mixing'), ('downsample_for_deep_supervision', 'deep-supervision targets'),
+                     ('high_level_loss', 'L_high'), ('low_level_loss', 'L_low'), ('ema_update', 'EMA update')]
+    patches += [(m3hl_module, name, phase) for name, phase in module_phases]
+    return patches, lambda: trainer.m3hl_step(x_l, target, x_u)
+
+
+def use_foreach_optimizer(trainer) -> None:
+    for group in trainer.optimizer.param_groups:
+        group['foreach'] = True  # SGD's default on CUDA (one launch per group of tensors); on the CPU it loops
 
 
 def count_step(trainer, batch) -> dict:
     """Operations of one training step by phase."""
-    import nnunetv2_m3hl.trainers.m3hl_trainer as m3hl_module
-    x_l, target, x_u = batch
     counter = OperationCounter()
-    for group in trainer.optimizer.param_groups:
-        group['foreach'] = True  # SGD's default on CUDA (one launch per group of tensors); on the CPU it loops
-    common = [(torch.Tensor, 'backward', 'backward'), (torch.nn.utils, 'clip_grad_norm_', 'gradient clipping'),
-              (trainer.optimizer, 'step', 'optimizer step'), (trainer.optimizer, 'zero_grad', 'zero_grad')]
+    use_foreach_optimizer(trainer)
     if hasattr(trainer, 'teacher'):
-        cleanup = trainer.pseudo_label_cleanup = TorchCleanup()
-        cleanup.start = counter.labelled('pseudo-label cleanup', cleanup.start)
-        trainer.teacher.forward = counter.labelled('teacher forward', trainer.teacher.forward)
-        trainer.network.forward = counter.labelled('student forward', trainer.network.forward)
-        trainer.make_masks = counter.labelled('masks', trainer.make_masks)
-        trainer.mix_loss.forward = counter.labelled('mix loss', trainer.mix_loss.forward)
-        trainer.step_guard.all_ranks_finite = counter.labelled('finiteness check', trainer.step_guard.all_ranks_finite)
-        module_phases = [('hard_pseudo_labels', 'argmax pseudo-labels'), ('mix_images', 'mixing'),
-                         ('mix_targets', 'mixing'), ('downsample_for_deep_supervision', 'deep-supervision targets'),
-                         ('high_level_loss', 'L_high'), ('low_level_loss', 'L_low'), ('ema_update', 'EMA update')]
-        patches = [(m3hl_module, name, phase) for name, phase in module_phases] + common
-        run = lambda: trainer.m3hl_step(x_l, target, x_u)  # noqa: E731
-    else:
-        trainer.network.forward = counter.labelled('student forward', trainer.network.forward)
-        trainer.loss.forward = counter.labelled("nnU-Net's loss", trainer.loss.forward)
-        patches = common
-        run = lambda: trainer.train_step({'data': x_l, 'target': target})  # noqa: E731
-    with _all_patched(patches, counter), counter:
+        trainer.pseudo_label_cleanup = TorchCleanup()
+    patches, run = step_phases(trainer, batch)
+    with all_patched(patches, counter.labelled), counter:
         run()
     return dict(counter.counts)
 
 
 @contextmanager
-def _all_patched(patches, counter):
+def all_patched(patches, wrap: Callable[[str, Callable], Callable]):
+    """Every (object, attribute, phase) of ``patches`` replaced by ``wrap(phase, original)`` while inside."""
     if not patches:
         yield
         return
     (target, attribute, phase), rest = patches[0], patches[1:]
-    with patched(target, attribute, counter, phase), _all_patched(rest, counter):
+    with patched(target, attribute, wrap, phase), all_patched(rest, wrap):
         yield
 
 
@@ -100,16 +107,9 @@ def main():
     add_plans_arguments(p)
     p.add_argument('-o', default=None)
     args = p.parse_args()
-    device = torch.device('cpu')
-    with tempfile.TemporaryDirectory() as scratch:
-        plans, dataset_json, patch, batch_size = load_plans_for_trainers(args, scratch)
-        rows = {}
-        for name in ('nnUNetTrainer', 'M3HLTrainer'):
-            torch.manual_seed(0)
-            trainer = make_trainer(name, plans, args.configuration, dataset_json, device)
-            batch = random_batch(trainer, batch_size, patch, torch.Generator().manual_seed(0))
-            rows[name] = count_step(trainer, batch)
-            del trainer
+    rows = {}
+    for name, trainer, batch, patch, batch_size in each_trainer(args, torch.device('cpu')):
+        rows[name] = count_step(trainer, batch)
     totals = {name: sum(row.values()) for name, row in rows.items()}
     result = {'plans': args.plans, 'configuration': args.configuration, 'patch_size': list(patch),
               'batch_size': batch_size, 'operations': rows, 'total_operations': totals,
@@ -122,10 +122,7 @@ def main():
     print(f"| total | {totals['nnUNetTrainer']} | {totals['M3HLTrainer']} |")
     print(f"ratio M3HL / nnU-Net: {result['ratio']:.2f}")
     if args.o:
-        os.makedirs(os.path.dirname(os.path.abspath(args.o)), exist_ok=True)
-        with open(args.o + '.tmp', 'w') as f:
-            json.dump(result, f, indent=1)
-        os.replace(args.o + '.tmp', args.o)
+        write_result(args.o, result)
 
 
 if __name__ == '__main__':

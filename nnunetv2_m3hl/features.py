@@ -23,6 +23,13 @@ def unwrap_network(network: nn.Module) -> nn.Module:
     return getattr(network, '_orig_mod', network)
 
 
+def is_compiled(network: nn.Module) -> bool:
+    """Whether ``torch.compile`` wraps the network (also inside DDP)."""
+    if isinstance(network, nn.parallel.DistributedDataParallel):
+        network = network.module
+    return hasattr(network, '_orig_mod')
+
+
 def tapped_modules(network: nn.Module) -> Dict[str, nn.Module]:
     plain = unwrap_network(network)
     try:

@@ -210,7 +210,9 @@ def largest_component_per_class(labels: torch.Tensor, num_classes: int, backend:
 def hard_pseudo_labels(logits: torch.Tensor) -> torch.Tensor:
     """The argmax over classes of the softmax ``(B, *spatial)``, before any cleanup (the same values as
     ``pseudo_labels_from_logits`` starts from)."""
-    return torch.softmax(logits.float(), dim=1).argmax(dim=1)
+    # max's indices are argmax's (the first maximum, NaN counting as the maximum), but on the CPU argmax over a
+    # non-last axis is some 20 times slower (benchmarks/RESULTS.md, "Where a step's time goes")
+    return torch.softmax(logits.float(), dim=1).max(dim=1).indices
 
 
 @torch.no_grad()
@@ -222,7 +224,7 @@ def pseudo_labels_from_logits(logits: torch.Tensor, keep_largest_component: bool
     for 2D inputs, per volume for 3D inputs.
     """
     probabilities = torch.softmax(logits.float(), dim=1)
-    hard = probabilities.argmax(dim=1)
+    hard = probabilities.max(dim=1).indices
     if keep_largest_component:
         hard = largest_component_per_class(hard, logits.shape[1])
     return probabilities, hard.unsqueeze(1)

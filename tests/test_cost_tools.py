@@ -1,4 +1,5 @@
-"""The cost benchmarks run on any plans: benchmarks/memory_breakdown.py and benchmarks/mixing_cost.py."""
+"""The cost benchmarks run on any plans: memory_breakdown.py, mixing_cost.py, step_operations.py and step_profile.py
+(in benchmarks/)."""
 import json
 import os
 import subprocess
@@ -55,6 +56,23 @@ def test_step_operations_counts_every_phase_of_both_steps(nnunet_env, planned_2d
         assert m3hl[phase] > 0, phase
     assert result['total_operations']['M3HLTrainer'] == sum(m3hl.values())
     assert result['ratio'] > 1 and 'ratio M3HL / nnU-Net' in printed
+
+
+def test_step_profile_accounts_for_the_step_by_phase(nnunet_env, planned_2d, tmp_path):
+    plans = str(nnunet_env / 'preprocessed' / planned_2d / 'nnUNetPlans.json')
+    result, printed = run_benchmark('step_profile.py', plans, tmp_path / 'profile.json', '--batch', '2',
+                                    '--warmup', '1', '--steps', '1')
+    base, m3hl = result['trainers']['nnUNetTrainer'], result['trainers']['M3HLTrainer']
+    assert base['phases']["nnU-Net's loss"]['host_ms'] > 0
+    for phase in ('teacher forward', 'pseudo-label cleanup', 'mix loss', 'L_low', 'EMA update', 'backward'):
+        assert m3hl['phases'][phase]['host_ms'] > 0, phase
+    for row in (base, m3hl):
+        # the phases are disjoint ranges of the training thread: together they are the step, never more
+        accounted = sum(p['host_ms'] for p in row['phases'].values())
+        assert 0.5 * row['wall_ms'] < accounted <= 1.01 * row['wall_ms'], (accounted, row['wall_ms'])
+        assert row['costliest'] and 'device_busy_ms' not in row  # no device timeline on the CPU
+    assert m3hl['cleanup_mode'] == 'side_stream'
+    assert result['wall_ratio'] == m3hl['wall_ms'] / base['wall_ms'] and 'wall ratio' in printed
 
 
 def test_step_operations_names_a_missing_plans_file(tmp_path):

@@ -3,8 +3,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from nnunetv2_m3hl.teacher import (_keep_largest_torch, _propagate_max_index, ema_update, largest_component_per_class,
-                                   make_teacher, pseudo_labels_from_logits)
+from nnunetv2_m3hl.teacher import (_keep_largest_torch, _propagate_max_index, ema_update, hard_pseudo_labels,
+                                   largest_component_per_class, make_teacher, pseudo_labels_from_logits)
 
 
 def reference_lcc(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -72,6 +72,17 @@ def test_all_background_teacher_gives_empty_pseudo_labels():
     probs, hard = pseudo_labels_from_logits(logits)
     assert hard.shape == (2, 1, 8, 8) and hard.sum() == 0
     assert torch.allclose(probs.sum(1), torch.ones(2, 8, 8))
+
+
+def test_hard_pseudo_labels_are_the_argmax_of_the_softmax_ties_and_nan_included():
+    torch.manual_seed(0)
+    logits = torch.randint(0, 3, (3, 4, 9, 7)).float()  # small integers: many ties between classes
+    logits[0, 2, 0, 0] = float('nan')
+    assert torch.equal(hard_pseudo_labels(logits), torch.softmax(logits, 1).argmax(1))
+    volumes = torch.randn(2, 3, 5, 6, 7).half()
+    assert torch.equal(hard_pseudo_labels(volumes), torch.softmax(volumes.float(), 1).argmax(1))
+    assert torch.equal(pseudo_labels_from_logits(volumes, keep_largest_component=False)[1][:, 0],
+                       torch.softmax(volumes.float(), 1).argmax(1))
 
 
 def test_ema_update_is_the_ema_formula():

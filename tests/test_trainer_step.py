@@ -129,3 +129,38 @@ def test_supervised_warmup_then_teacher_starts_from_the_student(nnunet_env, plan
     trainer.dataloader_unlabeled = iter([{'data': unlabeled}])
     out = trainer.train_step(labeled)
     assert np.isfinite(out['mix_loss']) and np.isfinite(out['high_loss'])
+
+
+def test_teacher_is_compiled_with_the_student_and_follows_the_ema(nnunet_env, planned_2d, monkeypatch):
+    from nnunetv2_m3hl.features import is_compiled, unwrap_network
+    from nnunetv2_m3hl.teacher import ema_update
+    from nnunetv2_m3hl.trainers.m3hl_trainer import M3HLTrainer
+    # as on CUDA, where nnU-Net compiles the student by default
+    monkeypatch.setattr(M3HLTrainer, '_do_i_compile', lambda self: True)
+    trainer = make_trainer(planned_2d)
+    assert is_compiled(trainer.network) and is_compiled(trainer.teacher_network)
+    assert unwrap_network(trainer.teacher_network) is trainer.teacher
+    _, unlabeled = batches(trainer)
+    compiled = trainer.teacher_network
+
+    def teacher_outputs(network):
+        trainer.teacher_network = network
+        cleaning, high, low = trainer.teacher_pass(unlabeled)
+        return cleaning.result(), high, low
+
+    def assert_same(a, b):
+        assert (a[0] == b[0]).float().mean() > 0.99
+        for x, y in zip(a[1:], b[1:]):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+
+    before = teacher_outputs(compiled)
+    assert_same(before, teacher_outputs(trainer.teacher))
+    # the compiled teacher must see in-place updates of the teacher's weights, not constants of its first call
+    student = unwrap_network(trainer.network)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    ema_update(trainer.teacher, student, 0.5)
+    after = teacher_outputs(compiled)
+    assert_same(after, teacher_outputs(trainer.teacher))
+    assert (after[2] - before[2]).abs().max() > 1e-2

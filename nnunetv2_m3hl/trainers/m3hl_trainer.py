@@ -22,8 +22,8 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
 from nnunetv2_m3hl.checkpointing import load_checkpoint_safely, save_atomically
-from nnunetv2_m3hl.features import HIGH_COSINE_PER_SAMPLE, FeatureTap, high_level_loss, low_level_loss, \
-    unwrap_network
+from nnunetv2_m3hl.features import HIGH_COSINE_PER_SAMPLE, FeatureTap, high_level_loss, is_compiled, \
+    low_level_loss, unwrap_network
 from nnunetv2_m3hl.losses import RegionWeightedDiceCE
 from nnunetv2_m3hl.mixing import MixedBatch, downsample_for_deep_supervision, make_block_masks, mix_images, \
     mix_targets, number_of_couples
@@ -80,6 +80,7 @@ class M3HLTrainer(nnUNetTrainer):
         self.max_consecutive_nonfinite = 20
         self.mixed_sample_png_every = 50  # epochs; 0 disables
         self.teacher = None
+        self.teacher_network = None  # the teacher, compiled when nnU-Net compiles the student
         self.dataloader_unlabeled = None
         self.step_guard = NonFiniteStepGuard(self.max_consecutive_nonfinite)
         self._capture_example = False
@@ -117,6 +118,12 @@ class M3HLTrainer(nnUNetTrainer):
         student = unwrap_network(self.network)
         self.teacher = make_teacher(student)
         self.teacher.decoder.deep_supervision = False
+        # compiled when nnU-Net compiled the student (on CUDA unless nnUNet_compile says otherwise): an eager
+        # teacher next to a compiled student would be the slowest forward pass of the step. The compiled wrapper
+        # reads the teacher's own parameters, so the EMA's in-place updates reach it
+        self.teacher_network = torch.compile(self.teacher) if is_compiled(self.network) else self.teacher
+        if self.teacher_network is not self.teacher:
+            self.print_to_log_file('Using torch.compile for the teacher too')
         self.student_tap = FeatureTap(student)
         self.teacher_tap = FeatureTap(self.teacher)
         self._pretrained_watcher = PretrainedWeightsWatcher(student)
@@ -311,7 +318,7 @@ class M3HLTrainer(nnUNetTrainer):
         """The teacher's forward on the unlabeled patches: (the started cleanup of its argmax, whose ``result()`` is
         the pseudo-label map, its bottleneck features, its last decoder features)."""
         with torch.no_grad(), self._autocast():
-            teacher_logits = self.teacher(x_unlabeled)
+            teacher_logits = self.teacher_network(x_unlabeled)
             teacher_high, teacher_low = self.teacher_tap.pop()
         hard = hard_pseudo_labels(teacher_logits)
         n_classes = teacher_logits.shape[1]
