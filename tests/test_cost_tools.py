@@ -75,6 +75,40 @@ def test_step_profile_accounts_for_the_step_by_phase(nnunet_env, planned_2d, tmp
     assert result['wall_ratio'] == m3hl['wall_ms'] / base['wall_ms'] and 'wall ratio' in printed
 
 
+def test_step_profile_attributes_device_time_by_phase_and_thread():
+    """The CUDA side of step_profile.summarize on a hand-made timeline: kernels count for the phase that launched
+    them, autograd's device thread counts as the backward, host time only for the training thread, and overlapping
+    kernels (two streams) make the device busy once."""
+    from types import SimpleNamespace
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    import step_profile
+    from torch.autograd import DeviceType
+
+    def host(name, thread, cpu_us, device_us, parent=None):
+        return SimpleNamespace(name=name, thread=thread, cpu_parent=parent, cpu_time_total=cpu_us,
+                               device_time_total=device_us, self_cpu_time_total=cpu_us, device_type=DeviceType.CPU)
+
+    def kernel(name, start, end):
+        return SimpleNamespace(name=name, device_type=DeviceType.CUDA, time_range=SimpleNamespace(
+            start=start, end=end, elapsed_us=lambda: end - start))
+
+    forward = host('phase: student forward', 1, 3000, 2000)
+    events = [forward, host('aten::conv', 1, 2500, 2000, parent=forward),
+              host('phase: pseudo-label cleanup', 7, 900, 400),               # the side stream's worker
+              host('autograd::engine::evaluate_function: ConvBackward', 5, 800, 3000),
+              host('cudaDeviceSynchronize', 1, 500, 0),
+              kernel('conv', 0, 2000), kernel('lcc', 1500, 1900), kernel('conv_bwd', 2500, 5500)]
+    result = step_profile.summarize(events, steps=1, wall_s=0.008, top=2)
+    phases = result['phases']
+    assert phases['student forward'] == {'device_ms': 2.0, 'host_ms': 3.0}
+    assert phases['pseudo-label cleanup'] == {'device_ms': 0.4, 'host_ms': 0.0}
+    assert phases['backward'] == {'device_ms': 3.0, 'host_ms': 0.0}
+    assert phases['other'] == {'device_ms': 0.0, 'host_ms': 0.5}
+    assert result['kernel_ms'] == 5.4 and result['device_busy_ms'] == 5.0
+    assert abs(result['device_idle_ms'] - 3.0) < 1e-9
+    assert [k['name'] for k in result['costliest']] == ['conv_bwd', 'conv']
+
+
 def test_step_operations_names_a_missing_plans_file(tmp_path):
     missing = tmp_path / 'nnUNetPlans.json'
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'step_operations.py'), '--plans',
