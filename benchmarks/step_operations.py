@@ -102,6 +102,14 @@ def all_patched(patches, wrap: Callable[[str, Callable], Callable]):
         yield
 
 
+def print_by_phase(base: dict, m3hl: dict, cell: Callable[[object], str]) -> None:
+    """A markdown table of both trainers' values per phase, M3HL's largest first."""
+    print('| phase | nnUNetTrainer | M3HLTrainer |\n|---|---|---|')
+    for phase in sorted(set(base) | set(m3hl), key=lambda k: -float(cell(m3hl.get(k, base.get(k))))):
+        print(f"| {phase} | {cell(base[phase]) if phase in base else ''} | "
+              f"{cell(m3hl[phase]) if phase in m3hl else ''} |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_plans_arguments(p)
@@ -115,10 +123,7 @@ def main():
               'batch_size': batch_size, 'operations': rows, 'total_operations': totals,
               'ratio': totals['M3HLTrainer'] / totals['nnUNetTrainer']}
     print(f"{args.configuration}, patch {'x'.join(map(str, patch))}, batch {batch_size}: operations per step")
-    print('| phase | nnUNetTrainer | M3HLTrainer |\n|---|---|---|')
-    for phase in sorted(set(rows['nnUNetTrainer']) | set(rows['M3HLTrainer']),
-                        key=lambda k: -rows['M3HLTrainer'].get(k, 0)):
-        print(f"| {phase} | {rows['nnUNetTrainer'].get(phase, '')} | {rows['M3HLTrainer'].get(phase, '')} |")
+    print_by_phase(rows['nnUNetTrainer'], rows['M3HLTrainer'], str)
     print(f"| total | {totals['nnUNetTrainer']} | {totals['M3HLTrainer']} |")
     print(f"ratio M3HL / nnU-Net: {result['ratio']:.2f}")
     if args.o:

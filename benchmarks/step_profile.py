@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from memory_breakdown import add_plans_arguments, each_trainer, write_result  # noqa: E402
-from step_operations import all_patched, step_phases, use_foreach_optimizer  # noqa: E402
+from step_operations import all_patched, print_by_phase, step_phases, use_foreach_optimizer  # noqa: E402
 
 from nnunetv2_m3hl.overlap import PseudoLabelCleanup  # noqa: E402
 
@@ -161,11 +161,8 @@ def main():
     time_key = 'device_ms' if device.type == 'cuda' else 'host_ms'
     print(f"{args.configuration}, patch {'x'.join(map(str, patch))}, batch {batch_size}, {args.device}: "
           f"{time_key[:-3]} ms per step by phase (profiled, {args.steps} steps)")
-    print('| phase | nnUNetTrainer | M3HLTrainer |\n|---|---|---|')
-    base, m3hl = rows['nnUNetTrainer']['phases'], rows['M3HLTrainer']['phases']
-    for phase in sorted(set(base) | set(m3hl), key=lambda k: -m3hl.get(k, base.get(k))[time_key]):
-        cells = [f"{row[phase][time_key]:.2f}" if phase in row else '' for row in (base, m3hl)]
-        print(f"| {phase} | {cells[0]} | {cells[1]} |")
+    print_by_phase(rows['nnUNetTrainer']['phases'], rows['M3HLTrainer']['phases'],
+                   lambda times: f"{times[time_key]:.2f}")
     for label, key in (('wall', 'wall_ms'), ('device busy', 'device_busy_ms'), ('device idle', 'device_idle_ms')):
         if key in rows['M3HLTrainer']:
             print(f"| {label} | {rows['nnUNetTrainer'][key]:.2f} | {rows['M3HLTrainer'][key]:.2f} |")
