@@ -90,17 +90,13 @@ def summarize(events, steps: int, wall_s: float, top: int) -> dict:
         busy = busy_time([(e.time_range.start, e.time_range.end) for e in device_events]) / 1e3 / steps
         result.update(device_busy_ms=busy, device_idle_ms=result['wall_ms'] - busy,
                       kernel_ms=sum(e.time_range.elapsed_us() for e in device_events) / 1e3 / steps)
-        by_name = defaultdict(lambda: [0.0, 0])
-        for e in device_events:
-            by_name[e.name][0] += e.time_range.elapsed_us() / 1e3 / steps
-            by_name[e.name][1] += 1
-        key = 'device_ms'
+        key, timed = 'device_ms', [(e.name, e.time_range.elapsed_us()) for e in device_events]
     else:
-        by_name = defaultdict(lambda: [0.0, 0])
-        for e in host_events:
-            by_name[e.name][0] += e.self_cpu_time_total / 1e3 / steps
-            by_name[e.name][1] += 1
-        key = 'host_self_ms'
+        key, timed = 'host_self_ms', [(e.name, e.self_cpu_time_total) for e in host_events]
+    by_name = defaultdict(lambda: [0.0, 0])
+    for name, us in timed:
+        by_name[name][0] += us / 1e3 / steps
+        by_name[name][1] += 1
     costliest = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]
     result['costliest'] = [{'name': name[:120], key: ms, 'calls_per_step': calls / steps}
                            for name, (ms, calls) in costliest]
