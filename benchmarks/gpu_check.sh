@@ -19,42 +19,66 @@
 #   M3HL_PREPARED=C bash benchmarks/gpu_check.sh          # the same measurements, without the ACDC training
 # Both variants are sized to fit 10 minutes of one H100/H200; the compiled step costs come last, and every
 # measurement writes its own files, so a run stopped at the limit keeps what it finished.
+# On a GPU machine without nnU-Net, carry the folder that benchmarks/gpu_kit.sh builds (the packages and the prepared
+# datasets) and run  M3HL_KIT=gpu_kit bash benchmarks/gpu_check.sh "$OUT"  (the same as M3HL_PREPARED).
 set -euo pipefail
-out=${1:-${OUT:-gpu_check_out}}
+dest=${1:-${OUT:-gpu_check_out}}
 work=${M3HL_GPU_WORKDIR:-$(mktemp -d)}
-mkdir -p "$out"
+if [ -n "${M3HL_KIT:-}" ]; then
+    mkdir -p "$work/site" "$work/prepared"
+    tar -xJf "$M3HL_KIT/site.tar.xz" -C "$work/site" && tar -xJf "$M3HL_KIT/prepared.tar.xz" -C "$work/prepared"
+    export PYTHONPATH=$work/site${PYTHONPATH:+:$PYTHONPATH} M3HL_PREPARED=$work/prepared
+fi
+# a device run brings back at most 8 files: with the kit, the files are gathered elsewhere and $dest holds them as
+# one archive, gpu_check.tgz, written anew after every measurement (so a run stopped at its limit keeps the rest)
+if [ -n "${M3HL_KIT:-}" ]; then out=$work/gpu_check; else out=$dest; fi
+mkdir -p "$dest" "$out"
+pack() {
+    [ "$out" = "$dest" ] || { tar -czf "$dest/gpu_check.tgz.part" -C "$out" . && mv "$dest/gpu_check.tgz.part" "$dest/gpu_check.tgz"; }
+}
+failed=0
+measure() {  # lines to show, log file, command...: the whole output goes to the log; a failure is reported and the
+             # next measurement runs all the same
+    local lines=$1 log=$2
+    shift 2
+    if "$@" > "$log" 2>&1; then tail -n "$lines" "$log"; else
+        echo "FAILED (exit $?): $*"; tail -n 20 "$log"; failed=1
+    fi
+    pack
+}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export nnUNet_extTrainer="$PWD/nnunetv2_m3hl/trainers" nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-8}
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$out/gpu.txt"
 python3 -c "import torch, nnunetv2; print('torch', torch.__version__)" | tee -a "$out/gpu.txt"
+pack
 
 lcc_cost() {
     echo "== [${SECONDS}s] pseudo-label cleanup (largest connected component) on CUDA, earlier and current forms, host path"
-    python3 benchmarks/lcc_cost.py --device cuda -o "$out/lcc_cost_cuda.json" 2>&1 | tee "$out/lcc_cost_cuda.log"
+    measure 40 "$out/lcc_cost_cuda.log" python3 benchmarks/lcc_cost.py --device cuda -o "$out/lcc_cost_cuda.json"
 }
 
 real_step_cost() {  # dataset id, configuration, folder of the prepared nnU-Net environment, name
-    nnUNet_raw=$3/nnUNet_raw nnUNet_preprocessed=$3/nnUNet_preprocessed nnUNet_results=$3/step_cost_results \
-    nnUNet_compile=f python3 benchmarks/step_cost.py --device cuda --dataset "$1" -c "$2" --steps 15 --warmup 3 \
+    measure 8 "$out/step_cost_$4_cuda.log" env nnUNet_raw="$3/nnUNet_raw" nnUNet_preprocessed="$3/nnUNet_preprocessed" \
+        nnUNet_results="$3/step_cost_results" nnUNet_compile=f \
+        python3 benchmarks/step_cost.py --device cuda --dataset "$1" -c "$2" --steps 15 --warmup 3 \
         --cleanup-modes sync side_stream host_thread teacher_side_stream --memory-cleanup-modes teacher_side_stream \
-        --skip-loading -o "$out/step_cost_$4_cuda.json" \
-        2>&1 | tee "$out/step_cost_$4_cuda.log"
+        --skip-loading -o "$out/step_cost_$4_cuda.json"
     local plans
     plans=$(ls "$3"/nnUNet_preprocessed/Dataset"$1"_*/nnUNetPlans.json)
-    python3 benchmarks/memory_breakdown.py --device cuda --plans "$plans" -c "$2" -o "$out/memory_breakdown_$4_cuda.json" \
-        2>&1 | tail -n 4 | tee "$out/memory_breakdown_$4_cuda.log"
-    python3 benchmarks/mixing_cost.py --device cuda --plans "$plans" -c "$2" -o "$out/mixing_cost_$4_cuda.json" \
-        2>&1 | tee "$out/mixing_cost_$4_cuda.log"
-    python3 benchmarks/step_profile.py --device cuda --plans "$plans" -c "$2" -o "$out/step_profile_$4_cuda.json" \
-        2>&1 | grep -A 40 'ms per step by phase' | tee "$out/step_profile_$4_cuda.log"
+    measure 4 "$out/memory_breakdown_$4_cuda.log" python3 benchmarks/memory_breakdown.py --device cuda \
+        --plans "$plans" -c "$2" -o "$out/memory_breakdown_$4_cuda.json"
+    measure 12 "$out/mixing_cost_$4_cuda.log" python3 benchmarks/mixing_cost.py --device cuda --plans "$plans" -c "$2" \
+        -o "$out/mixing_cost_$4_cuda.json"
+    measure 26 "$out/step_profile_$4_cuda.log" python3 benchmarks/step_profile.py --device cuda --plans "$plans" \
+        -c "$2" -o "$out/step_profile_$4_cuda.json"
 }
 
-compiled_step_cost() {  # the same, with torch.compile on for both trainers (nnU-Net's default on a GPU)
+compiled_step_cost() {  # the same step cost with torch.compile on for both trainers (nnU-Net's default on a GPU)
     echo "== [${SECONDS}s] step cost with torch.compile, $4"
-    nnUNet_raw=$3/nnUNet_raw nnUNet_preprocessed=$3/nnUNet_preprocessed nnUNet_results=$3/step_cost_results \
-    nnUNet_compile=t python3 benchmarks/step_cost.py --device cuda --dataset "$1" -c "$2" --steps 10 --warmup 3 \
-        --cleanup-modes side_stream --skip-memory --skip-loading -o "$out/step_cost_$4_compiled_cuda.json" \
-        2>&1 | tail -n 4 | tee "$out/step_cost_$4_compiled_cuda.log"
+    measure 4 "$out/step_cost_$4_compiled_cuda.log" env nnUNet_raw="$3/nnUNet_raw" \
+        nnUNet_preprocessed="$3/nnUNet_preprocessed" nnUNet_results="$3/step_cost_results" nnUNet_compile=t \
+        python3 benchmarks/step_cost.py --device cuda --dataset "$1" -c "$2" --steps 10 --warmup 3 \
+        --cleanup-modes side_stream --skip-memory --skip-loading -o "$out/step_cost_$4_compiled_cuda.json"
 }
 
 if [ -n "${M3HL_PREPARED:-}" ]; then
@@ -69,8 +93,8 @@ if [ -n "${M3HL_PREPARED:-}" ]; then
     # last, since compiling takes minutes: what a default nnUNetv2_train run on a GPU costs
     compiled_step_cost 271 2d "$M3HL_PREPARED/acdc3" acdc_2d
     compiled_step_cost 281 3d_fullres "$M3HL_PREPARED/la4" la_3d
-    echo "== [${SECONDS}s] done"
-    exit 0
+    echo "== [${SECONDS}s] done$( [ $failed = 0 ] || echo ', with failures (above)')"
+    exit $failed
 fi
 
 if [ -n "${M3HL_ACDC:-}" ] || [ -n "${M3HL_LA:-}" ]; then
@@ -87,7 +111,7 @@ if [ -n "${M3HL_ACDC:-}" ] || [ -n "${M3HL_LA:-}" ]; then
         real_step_cost 281 3d_fullres "$work/la4" la_3d
     fi
     lcc_cost
-    exit 0
+    exit $failed
 fi
 
 lcc_cost
