@@ -17,8 +17,9 @@
 #   python benchmarks/subset_prepared.py W/acdc3/nnUNet_preprocessed/Dataset271_ACDC C/acdc3/nnUNet_preprocessed -c 2d
 #   python benchmarks/subset_prepared.py W/la4/nnUNet_preprocessed/Dataset281_LA C/la4/nnUNet_preprocessed -c 3d_fullres
 #   M3HL_PREPARED=C bash benchmarks/gpu_check.sh          # the same measurements, without the ACDC training
-# Both variants are sized to fit 10 minutes of one H100/H200; the compiled step costs come last, and every
-# measurement writes its own files, so a run stopped at the limit keeps what it finished.
+# Both variants were sized to fit 10 minutes of one H100/H200 before the profiles and the compiled step costs were
+# added (not timed since); the compiled step costs come last, and every measurement writes its own files, so a run
+# stopped at the limit keeps what it finished.
 # On a GPU machine without nnU-Net, carry the folder that benchmarks/gpu_kit.sh builds (the packages and the prepared
 # datasets) and run  M3HL_KIT=gpu_kit bash benchmarks/gpu_check.sh "$OUT"  (the same as M3HL_PREPARED).
 set -euo pipefail
