@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from memory_breakdown import add_plans_arguments, each_trainer, write_result  # noqa: E402
+from step_cost import sync  # noqa: E402
 from step_operations import all_patched, print_by_phase, step_phases, use_foreach_optimizer  # noqa: E402
 
 from nnunetv2_m3hl.overlap import PseudoLabelCleanup  # noqa: E402
@@ -101,11 +102,6 @@ def summarize(events, steps: int, wall_s: float, top: int) -> dict:
     result['costliest'] = [{'name': name[:120], key: ms, 'calls_per_step': calls / steps}
                            for name, (ms, calls) in costliest]
     return result
-
-
-def sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
 
 
 def profile_trainer(trainer, batch, device: torch.device, warmup: int, steps: int, top: int) -> dict:
