@@ -45,9 +45,9 @@ done
 "$python" -m pip install -q --no-deps --no-compile --only-binary=:all: $target --target "$building/site" \
     "$building"/wheels/*.whl
 rm -rf "$building/site/bin"
-mkdir -p "$kit"
+mkdir -p "$building/kit"
 echo "packing $(ls "$building/wheels" | wc -l) packages (xz, a few minutes)"
-tar -cf - -C "$building/site" . | xz -9 -T0 > "$kit/site.tar.xz"
+tar -cf - -C "$building/site" . | xz -9 -T0 > "$building/kit/site.tar.xz"
 
 "$python" benchmarks/real_data.py --dataset acdc --data "$acdc" --labeled 3 --budget gpu --prepare-only \
     --workdir "$work/acdc3" -o "$work/acdc3_prepare.json"
@@ -57,5 +57,7 @@ tar -cf - -C "$building/site" . | xz -9 -T0 > "$kit/site.tar.xz"
     "$building/prepared/acdc3/nnUNet_preprocessed" -c 2d --train 3 --val 1 --unlabeled 3
 "$python" benchmarks/subset_prepared.py "$work/la4/nnUNet_preprocessed/Dataset281_LA" \
     "$building/prepared/la4/nnUNet_preprocessed" -c 3d_fullres --train 2 --val 1 --unlabeled 2
-tar -cf - -C "$building/prepared" acdc3 la4 | xz -9 -T0 > "$kit/prepared.tar.xz"
+tar -cf - -C "$building/prepared" acdc3 la4 | xz -9 -T0 > "$building/kit/prepared.tar.xz"
+# only a finished kit appears under its name: a run that stops early leaves nothing there
+mv "$building/kit" "$kit"
 du -sh "$kit" "$kit"/*
