@@ -24,6 +24,7 @@ setup(
         'h5py',
         'pynrrd',
         'tqdm',
+        'filelock>=3.12',
         'matplotlib',
         'pillow',
     ],

@@ -41,9 +41,10 @@ DATASETS = {
     # id, configuration, target spacing of the CPU budget (numpy axis order), converter
     # cpu_iterations: per trainer spec, sized from measured step times so that two trainers, their predictions and
     # the preparation fit 75 minutes on a 2-core CPU (benchmarks/RESULTS.md)
-    'acdc': {'id': 271, 'configuration': '2d', 'cpu_spacing': [10.0, 2.0, 2.0], 'cpu_batch': 4, 'cpu_iterations': 600},
+    'acdc': {'id': 271, 'configuration': '2d', 'cpu_spacing': [10.0, 2.0, 2.0], 'cpu_batch': 4, 'cpu_iterations': 600,
+             'cpu_long_batch': 8, 'cpu_long_iterations': 5000},
     'la': {'id': 281, 'configuration': '3d_fullres', 'cpu_spacing': [1.875, 1.875, 1.875], 'cpu_batch': 2,
-           'cpu_iterations': 300},
+           'cpu_iterations': 300, 'cpu_long_batch': 2, 'cpu_long_iterations': 3000},
 }
 # published means (Dice %) and their budgets, for scale
 ANCHORS = {
@@ -55,6 +56,9 @@ ANCHORS = {
 ANCHOR_BUDGET = {'acdc': '30k iterations, batch 24 (12 labeled + 12 unlabeled slices), 256x256',
                  'la': '15k iterations, batch 4 + 4 patches of 112x112x80'}
 TEACHER_CHECKPOINT = 'checkpoint_final_teacher.pth'
+# the converging CPU budget: the cpu plans with the reference code's U-Net widths (16..256 instead of nnU-Net's 32..512
+# at these patch sizes) and a larger batch
+NARROW_PLANS = 'nnUNetPlans_cpu_narrow'
 
 
 def log(message: str) -> None:
@@ -86,14 +90,35 @@ def run(cmd: List[str], env: Dict[str, str], log_file: Optional[str] = None) -> 
 
 
 def plans_name(budget: str) -> str:
-    return 'nnUNetPlans' if budget == 'gpu' else 'nnUNetPlans_cpu'
+    return {'gpu': 'nnUNetPlans', 'cpu': 'nnUNetPlans_cpu', 'cpu_long': NARROW_PLANS}[budget]
+
+
+def narrowed_plans(plans: dict, configuration: str, width_divisor: int, batch_size: int, name: str) -> dict:
+    """``plans`` with ``configuration``'s network widths divided by ``width_divisor`` and its batch size set, saved
+    under the plans name ``name``. The data identifier stays, so the preprocessed scans (labeled and unlabeled) are
+    shared with the source plans; the edit is recorded in the plans under ``m3hl_plans_edit``."""
+    out = json.loads(json.dumps(plans))
+    c = out['configurations'][configuration]
+    c['data_identifier'] = plans['configurations'][configuration]['data_identifier']
+    kwargs = c['architecture']['arch_kwargs']
+    source_widths = list(kwargs['features_per_stage'])
+    kwargs['features_per_stage'] = [max(1, w // width_divisor) for w in source_widths]
+    c['batch_size'] = batch_size
+    out['plans_name'] = name
+    out['m3hl_plans_edit'] = {'source_plans': plans['plans_name'], 'configuration': configuration,
+                              'features_per_stage': {'source': source_widths, 'now': kwargs['features_per_stage']},
+                              'batch_size': {'source': plans['configurations'][configuration]['batch_size'],
+                                             'now': batch_size}}
+    return out
 
 
 def prepare_dataset(dataset: str, data: str, labeled: int, workdir: str, budget: str, batch_size: Optional[int],
                     env: Dict[str, str]) -> str:
     """Convert, plan and preprocess (labeled and unlabeled scans) once per workdir; returns the dataset name."""
     spec = DATASETS[dataset]
-    did, configuration, plans = spec['id'], spec['configuration'], plans_name(budget)
+    did, configuration = spec['id'], spec['configuration']
+    # the converging budget's plans are derived from the cpu plans and share their preprocessed data
+    plans = plans_name('cpu' if budget == 'cpu_long' else budget)
     name = f"Dataset{did:03d}_{dataset.upper()}"
     raw = os.path.join(env['nnUNet_raw'], name)
     pre = os.path.join(env['nnUNet_preprocessed'], name)
@@ -126,12 +151,33 @@ def prepare_dataset(dataset: str, data: str, labeled: int, workdir: str, budget:
         run([sys.executable, '-c', 'from nnunetv2_m3hl.unlabeled import preprocess_unlabeled as p; import sys; '
              'p(int(sys.argv[1]), sys.argv[2], sys.argv[3], num_processes=2)', str(did), configuration, plans], env)
         open(marker, 'w').close()
+    if budget == 'cpu_long':
+        narrow_file = os.path.join(pre, f'{NARROW_PLANS}.json')
+        if not os.path.isfile(narrow_file):
+            content = narrowed_plans(json.load(open(plans_file)), configuration, 2,
+                                     batch_size or spec['cpu_long_batch'], NARROW_PLANS)
+            tmp = narrow_file + '.tmp'
+            with open(tmp, 'w') as f:
+                json.dump(content, f, indent=1)
+            os.replace(tmp, narrow_file)
+            log(f"wrote {narrow_file}: {content['m3hl_plans_edit']}")
     return name
 
 
+# one epoch of the benchmark; nnU-Net's own is 250 iterations
+ITERATIONS_PER_EPOCH = 50
+# the converging budget validates every epoch on the same 20 batches of the validation cases, a checkpoint every
+# 2 epochs (a stopped run loses at most about two epochs)
+LONG_VALIDATION_BATCHES, LONG_SAVE_EVERY = 20, 2
+
+
 def train_one(dataset_id: int, configuration: str, plans: str, trainer: str, iterations: int,
-              minutes: Optional[float], seed: int, device: str, pretrained: Optional[str]) -> None:
-    """Fold 0 of one trainer in this process (called through a subprocess with its own nnUNet_results)."""
+              minutes: Optional[float], seed: int, device: str, pretrained: Optional[str],
+              iterations_per_epoch: int = ITERATIONS_PER_EPOCH, validation_batches: int = 5,
+              save_every: int = 50) -> None:
+    """Fold 0 of one trainer in this process (called through a subprocess with its own nnUNet_results). A fold
+    with a ``checkpoint_latest.pth`` and no final checkpoint is resumed as nnU-Net's ``--c`` does; the seeded
+    loaders make the resumed run equal to one that was never stopped."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
     from nnunetv2_m3hl.determinism import make_loading_deterministic, seed_everything
@@ -141,9 +187,9 @@ def train_one(dataset_id: int, configuration: str, plans: str, trainer: str, ite
         torch.backends.cudnn.benchmark = True
     t = get_trainer_from_args(str(dataset_id), configuration, 0, trainer, plans, device=torch.device(device))
     make_loading_deterministic(t, seed)
-    iterations_per_epoch = 50
     t.num_iterations_per_epoch = iterations_per_epoch
-    t.num_val_iterations_per_epoch = 5
+    t.num_val_iterations_per_epoch = validation_batches
+    t.save_every = save_every
     t.num_epochs = max(1, round(iterations / iterations_per_epoch))
     if hasattr(t, 'mixed_sample_png_every'):
         t.mixed_sample_png_every = t.num_epochs
@@ -160,19 +206,44 @@ def train_one(dataset_id: int, configuration: str, plans: str, trainer: str, ite
                                     f"{iterations_per_epoch} iterations ({per_epoch:.1f} s for the first)")
             original()
         t.on_epoch_end = on_epoch_end
-    maybe_load_checkpoint(t, False, False, pretrained)
+    resume = os.path.isfile(os.path.join(t.output_folder, 'checkpoint_latest.pth')) and minutes is None
+    if resume:
+        t.print_to_log_file('resuming from checkpoint_latest.pth')
+    maybe_load_checkpoint(t, resume, False, None if resume else pretrained)
     t.run_training()
 
 
-def trained_iterations(fold: str) -> Optional[dict]:
-    """Epochs, iterations and the logged M3HL terms of a finished fold (from its final checkpoint)."""
+def plateau(curve: List[float], share: float = 0.1, tolerance: float = 0.01) -> dict:
+    """The plateau test of the converging budget: the mean validation Dice of the last ``share`` of the epochs is
+    within ``tolerance`` (Dice, 0.01 = 1 point) of the mean of the ``share`` before."""
+    values = np.array([v for v in curve if v is not None and np.isfinite(v)], dtype=float)
+    n = max(1, int(round(share * len(values))))
+    rule = (f"mean validation Dice of the last {100 * share:.0f}% of the epochs within {100 * tolerance:.1f} "
+            f"points of the {100 * share:.0f}% before")
+    if len(values) < 2 * n:
+        return {'rule': rule, 'plateaued': False, 'last': None, 'before': None}
+    last, before = float(values[-n:].mean()), float(values[-2 * n:-n].mean())
+    return {'rule': rule, 'plateaued': bool(abs(last - before) <= tolerance), 'last': last, 'before': before,
+            'epochs_per_window': n}
+
+
+def trained_iterations(fold: str, checkpoint: str = 'checkpoint_final.pth') -> Optional[dict]:
+    """Epochs, the validation Dice per epoch (overall and per class), the epoch times and the logged M3HL terms
+    of a finished fold (from its final checkpoint), and the trainer's M3HL settings."""
     from nnunetv2_m3hl.checkpointing import load_checkpoint_safely
-    ckpt = load_checkpoint_safely(os.path.join(fold, 'checkpoint_final.pth'))
+    ckpt = load_checkpoint_safely(os.path.join(fold, checkpoint))
     logging = ckpt['logging']
-    out = {'epochs': int(ckpt['current_epoch'])}
+    out = {'epochs': int(ckpt['current_epoch']), 'trainer': ckpt.get('trainer_name')}
     for key in ('train_losses', 'mix_losses', 'high_losses', 'low_losses', 'pseudo_fg_share'):
         if key in logging:
             out[key] = [float(v) for v in logging[key]]
+    out['validation_dice'] = [float(v) for v in logging.get('mean_fg_dice', [])]
+    out['validation_dice_per_class'] = [[float(c) for c in v] for v in logging.get('dice_per_class_or_region', [])]
+    starts, ends = logging.get('epoch_start_timestamps', []), logging.get('epoch_end_timestamps', [])
+    out['epoch_seconds'] = [float(e - s) for s, e in zip(starts, ends)]
+    out['plateau'] = plateau(out['validation_dice'])
+    if 'm3hl' in ckpt:
+        out['m3hl_settings'] = ckpt['m3hl']['settings']
     return out
 
 
@@ -180,34 +251,55 @@ def fold_folder(results: str, dataset_name: str, trainer: str, plans: str, confi
     return os.path.join(results, dataset_name, f'{trainer}__{plans}__{configuration}', 'fold_0')
 
 
+def spec_slug(spec: str) -> str:
+    return spec.replace('>', '_full_then_').replace('+', '_then_')
+
+
+def spec_stages(spec: str, iterations: int, minutes: Optional[float], pretrain_fraction: float) -> List[tuple]:
+    """(trainer, iterations, minutes, results root slug) of each stage of a spec: ``A``; ``A+B`` (A for
+    ``pretrain_fraction`` of the budget, then B for the rest); ``A>B`` (A's own run of the whole budget, shared with
+    the spec ``A``, then B for the whole budget again)."""
+    if '>' in spec:
+        first, second = spec.split('>')
+        return [(first, iterations, minutes, spec_slug(first)), (second, iterations, minutes, spec_slug(spec))]
+    stages = spec.split('+')
+    if len(stages) == 1:
+        return [(spec, iterations, minutes, spec_slug(spec))]
+    f = pretrain_fraction
+    return [(stages[0], round(iterations * f), None if minutes is None else minutes * f, spec_slug(spec)),
+            (stages[1], iterations - round(iterations * f), None if minutes is None else minutes * (1 - f),
+             spec_slug(spec))]
+
+
+def training_options(args) -> dict:
+    """How ``train_one`` runs under this budget."""
+    if args.budget == 'cpu_long':
+        return {'validation_batches': LONG_VALIDATION_BATCHES, 'save_every': LONG_SAVE_EVERY}
+    return {}
+
+
 def train_spec(spec: str, args, dataset_name: str, seed: int) -> tuple:
-    """Train every stage of a spec (``A`` or ``A+B``); returns ({scored model name: (fold, checkpoint)}, the
-    spec's nnU-Net environment)."""
+    """Train every stage of a spec that is not trained yet (a stopped stage resumes); returns ({scored model name:
+    (fold, checkpoint)}, the spec's nnU-Net environment)."""
     cfg = DATASETS[args.dataset]
     plans = plans_name(args.budget)
-    stages = spec.split('+')
-    slug = spec.replace('+', '_then_')
-    results_root = f'nnUNet_results_seed{seed}_{slug}'
-    env = nnunet_env(args.workdir, results_root)
-    if len(stages) == 1:
-        budgets = [(args.iterations, args.minutes)]
-    else:
-        f = args.pretrain_fraction
-        budgets = [(round(args.iterations * f), None if args.minutes is None else args.minutes * f),
-                   (args.iterations - round(args.iterations * f),
-                    None if args.minutes is None else args.minutes * (1 - f))]
+    stages = spec_stages(spec, args.iterations, args.minutes, args.pretrain_fraction)
     pretrained, models = None, {}
-    for stage, (iterations, minutes) in zip(stages, budgets):
+    for stage, iterations, minutes, slug in stages:
+        env = nnunet_env(args.workdir, f'nnUNet_results_seed{seed}_{slug}')
         fold = fold_folder(env['nnUNet_results'], dataset_name, stage, plans, cfg['configuration'])
         if not os.path.isfile(os.path.join(fold, 'checkpoint_final.pth')):
-            log(f"seed {seed}, {spec}: training {stage} ({iterations} iterations"
+            resuming = os.path.isfile(os.path.join(fold, 'checkpoint_latest.pth'))
+            log(f"seed {seed}, {spec}: {'resuming' if resuming else 'training'} {stage} ({iterations} iterations"
                 + (f", {minutes:.1f} min" if minutes else '') + (", from the previous stage)" if pretrained else ')'))
             os.makedirs(os.path.join(args.workdir, 'logs'), exist_ok=True)
-            run([sys.executable, os.path.abspath(__file__), '_train', str(cfg['id']), cfg['configuration'], plans,
-                 stage, str(iterations), str(minutes), str(seed), args.device, str(pretrained)], env,
+            options = dict(dataset_id=cfg['id'], configuration=cfg['configuration'], plans=plans, trainer=stage,
+                           iterations=iterations, minutes=minutes, seed=seed, device=args.device,
+                           pretrained=pretrained, **training_options(args))
+            run([sys.executable, os.path.abspath(__file__), '_train', json.dumps(options)], env,
                 os.path.join(args.workdir, 'logs', f'seed{seed}_{slug}_{stage}.log'))
         pretrained = os.path.join(fold, 'checkpoint_final.pth')
-        if len(stages) > 1 and stage != stages[-1]:
+        if '+' in spec and stage != stages[-1][0]:
             # the model the next stage starts from, scored too: how much the later stage adds
             models[stage_name(spec, stage)] = (fold, 'checkpoint_final.pth')
     models[spec] = (fold, 'checkpoint_final.pth')
@@ -221,6 +313,8 @@ def stage_name(spec: str, stage: str) -> str:
 
 
 def expected_models(spec: str) -> List[str]:
+    if '>' in spec:
+        return [spec]
     stages = spec.split('+')
     return [stage_name(spec, s) for s in stages[:-1]] + [spec]
 
@@ -230,7 +324,7 @@ def predict_and_score(model: str, fold: str, checkpoint: str, env: Dict[str, str
     from nnunetv2_m3hl.evaluation import evaluate_folders
     cfg = DATASETS[args.dataset]
     raw = os.path.join(env['nnUNet_raw'], dataset_name)
-    slug = model.replace('+', '_then_').replace(' (teacher)', '_teacher').replace(' (first stage of ', '_stage1_of_') \
+    slug = spec_slug(model).replace(' (teacher)', '_teacher').replace(' (first stage of ', '_stage1_of_') \
         .rstrip(')')
     out = os.path.join(args.workdir, 'predictions', f'seed{seed}', slug)
     expected = sorted(os.listdir(os.path.join(raw, 'labelsTs')))
@@ -274,6 +368,57 @@ def summarize(store: dict, dataset: str, labeled: int) -> str:
     return '\n'.join(lines)
 
 
+def package_commit() -> str:
+    """The package's git commit, with ``+changes`` when the working tree differs from it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+    return commit + ('+changes' if dirty else '')
+
+
+def write_curves(store: dict, path: str) -> None:
+    """One row per seed: every model's validation Dice per epoch (the same validation patches for all), the Dice
+    per class, and M3HL's logged terms."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    seeds = sorted(store['runs'], key=int)
+    if not seeds:
+        return
+    fig, axes = plt.subplots(len(seeds), 3, figsize=(18, 4.5 * len(seeds)), squeeze=False)
+    for row, seed in zip(axes, seeds):
+        models = {m: v['training'] for m, v in store['runs'][seed]['models'].items()
+                  if '(teacher)' not in m and v.get('training', {}).get('validation_dice')}
+        for i, (model, training) in enumerate(models.items()):
+            colour = f'C{i}'
+            row[0].plot(100 * np.array(training['validation_dice']), color=colour, label=model)
+            per_class = np.array(training['validation_dice_per_class'], dtype=float)
+            for c, style in zip(range(per_class.shape[1] if per_class.ndim == 2 else 0), ('-', '--', ':', '-.')):
+                row[1].plot(100 * per_class[:, c], color=colour, linestyle=style,
+                            label=f'{model}, class {c + 1}')
+            for key, style in (('mix_losses', '-'), ('high_losses', '--'), ('low_losses', ':'),
+                               ('pseudo_fg_share', '-.')):
+                if key in training and np.isfinite(np.array(training[key], dtype=float)).any():
+                    row[2].plot(training[key], color=colour, linestyle=style, label=f'{model}: {key}')
+        row[0].set_title(f'seed {seed}: validation pseudo-Dice (%) per epoch')
+        row[1].set_title(f'seed {seed}: validation Dice per class (%)')
+        row[2].set_title(f'seed {seed}: M3HL terms per epoch')
+        for ax in row:
+            ax.set_xlabel('epoch')
+            if ax.lines:
+                ax.legend(fontsize=6)
+    fig.tight_layout()
+    tmp = path + '.tmp.png'
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def save(store: dict, path: str) -> None:
     tmp = f'{path}.tmp'
     with open(tmp, 'w') as f:
@@ -288,7 +433,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument('--labeled', type=int, required=True, help='labeled patients (ACDC) or scans (LA)')
     p.add_argument('--workdir', required=True, help='folder for the converted data, plans, models and predictions')
     p.add_argument('-o', '--output', required=True, help='results JSON (read first when it exists: resume)')
-    p.add_argument('--budget', choices=('cpu', 'gpu'), default='cpu')
+    p.add_argument('--budget', choices=('cpu', 'cpu_long', 'gpu'), default='cpu')
     p.add_argument('--trainers', nargs='+', default=['nnUNetTrainer', 'M3HLTrainer'],
                    help="trainer specs; 'A+B' = A then B from A's weights at the same total budget")
     p.add_argument('--seeds', nargs='+', type=int, default=[0])
@@ -303,7 +448,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.budget == 'gpu':
         args.minutes = args.minutes or 4.5
         args.iterations = args.iterations or 10_000
-    args.iterations = args.iterations or DATASETS[args.dataset]['cpu_iterations']
+    args.iterations = args.iterations or DATASETS[args.dataset]['cpu_long_iterations' if args.budget == 'cpu_long' else 'cpu_iterations']
     if args.device is None:
         import torch
         args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -328,6 +473,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     if store.get('settings', settings) != settings:
         raise SystemExit(f"{args.output} holds results of other settings ({store['settings']}); use another -o")
     store['settings'] = settings
+    # what produced the numbers: a model keeps the commit it was added under
+    store.setdefault('code', {})[package_commit()] = time.strftime('%Y-%m-%d %H:%M:%S')
     for seed in args.seeds:
         entry = store['runs'].setdefault(str(seed), {'models': {}})
         for spec in args.trainers:
@@ -344,18 +491,22 @@ def main(argv: Optional[List[str]] = None) -> None:
                     'mean': metrics['mean'], 'per_class': metrics['per_class'],
                     'per_case_dice': {case: float(np.mean([v['dice'] for v in per_class.values()]))
                                       for case, per_class in metrics['per_case'].items()},
-                    'training': trained_iterations(fold), 'train_seconds_this_call': train_seconds}
+                    'training': trained_iterations(fold), 'train_seconds_this_call': train_seconds,
+                    'code': package_commit()}
                 log(f"seed {seed}: {model}: Dice {100 * metrics['mean']['dice']:.2f}  "
                     f"per class {[round(100 * v['dice'], 1) for v in metrics['per_class'].values()]}")
+                verdict = entry['models'][model]['training']['plateau']
+                if verdict['last'] is not None and '(teacher)' not in model:
+                    log(f"seed {seed}: {model}: {'plateaued' if verdict['plateaued'] else 'NOT plateaued'} "
+                        f"({verdict['rule']}: {100 * verdict['last']:.2f} against {100 * verdict['before']:.2f})")
             store['table'] = summarize(store, args.dataset, args.labeled)
             save(store, args.output)
+            write_curves(store, os.path.splitext(args.output)[0] + '_curves.png')
     print(summarize(store, args.dataset, args.labeled))
 
 
 if __name__ == '__main__':
-    if len(sys.argv) > 1 and sys.argv[1] == '_train':
-        _, _, did, conf, plans, trainer, iterations, minutes, seed, device, pretrained = sys.argv
-        train_one(int(did), conf, plans, trainer, int(iterations), None if minutes == 'None' else float(minutes),
-                  int(seed), device, None if pretrained == 'None' else pretrained)
+    if len(sys.argv) == 3 and sys.argv[1] == '_train':
+        train_one(**json.loads(sys.argv[2]))
     else:
         main()

@@ -47,14 +47,19 @@ class RegionWeightedDiceCE(nn.Module):
         self.ignore_label = ignore_label
         self.smooth = smooth
         self.ce = RobustCrossEntropyLoss(reduction='none')
+        # targets may hold negative values, voxels that no region counts (pseudo-labels the teacher was not
+        # confident about, see teacher.gate_by_confidence); off, the loss launches no extra kernel for them
+        self.leave_out_negative = False
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, from_unlabeled: torch.Tensor) -> torch.Tensor:
         """``logits`` ``(B, K, *s)``; ``target`` and ``from_unlabeled`` (binary) ``(B, 1, *s)``."""
         logits = logits.float()
         from_unlabeled = from_unlabeled.bool()
         regions = torch.stack((~from_unlabeled, from_unlabeled))  # (2, B, 1, *s): labeled, pseudo-labeled
-        if self.ignore_label is not None:
-            valid = target != self.ignore_label
+        if self.ignore_label is not None or self.leave_out_negative:
+            valid = target != self.ignore_label if self.ignore_label is not None else None
+            if self.leave_out_negative:
+                valid = target >= 0 if valid is None else valid & (target >= 0)
             target = torch.where(valid, target, torch.zeros_like(target))
             regions = regions & valid
         probabilities = torch.softmax(logits, dim=1)

@@ -12,8 +12,13 @@ schedules here keep those terms small until the teacher has learnt something:
   the plain average of the student's iterates until that average spans ``1 / (1 - decay)`` steps, so the random
   weights it started from do not linger (with a constant decay of 0.99 they still make up 37% of the teacher
   after 100 steps).
+
+And when a supervised warm-up may end: once the student knows every class, or supervision has stopped helping.
 """
 import math
+from typing import Sequence
+
+import numpy as np
 
 
 def sigmoid_rampup(step: int, ramp_steps: int) -> float:
@@ -43,3 +48,19 @@ def ema_decay_at(ema_step: int, decay: float, warm_start: bool) -> float:
 def ema_horizon(decay: float) -> int:
     """Steps an EMA of this decay averages over, ``1 / (1 - decay)`` (100 for 0.99)."""
     return int(round(1.0 / (1.0 - decay)))
+
+
+def student_is_ready(validation_dice_per_class: Sequence[Sequence[float]], ema_dice: Sequence[float],
+                     class_floor: float, patience: int) -> bool:
+    """Whether a supervised warm-up may end after the latest epoch: every foreground class of the latest epoch's
+    validation pseudo-Dice reaches ``class_floor`` (the teacher, a copy of this student, then knows every class),
+    or nnU-Net's EMA pseudo-Dice has not improved on its best for ``patience`` epochs (supervision alone has
+    stopped helping)."""
+    if not ema_dice:
+        return False
+    latest = np.asarray(validation_dice_per_class[-1], dtype=float)
+    if latest.size and np.all(np.nan_to_num(latest, nan=0.0) >= class_floor):
+        return True
+    ema = np.asarray(ema_dice, dtype=float)
+    best_epoch = int(np.nanargmax(ema)) if np.isfinite(ema).any() else 0
+    return len(ema) - 1 - best_epoch >= patience

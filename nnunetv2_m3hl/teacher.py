@@ -207,12 +207,42 @@ def largest_component_per_class(labels: torch.Tensor, num_classes: int, backend:
 
 
 @torch.no_grad()
-def hard_pseudo_labels(logits: torch.Tensor) -> torch.Tensor:
+def hard_pseudo_labels_and_confidence(logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The argmax over classes of the softmax ``(B, *spatial)``, before any cleanup (the same values as
-    ``pseudo_labels_from_logits`` starts from)."""
+    ``pseudo_labels_from_logits`` starts from), and the softmax probability of that class (the confidence)."""
     # max's indices are argmax's (the first maximum, NaN counting as the maximum), but on the CPU argmax over a
     # non-last axis is some 20 times slower (benchmarks/RESULTS.md, "Where a step's time goes")
-    return torch.softmax(logits.float(), dim=1).max(dim=1).indices
+    confidence, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
+    return labels, confidence
+
+
+def hard_pseudo_labels(logits: torch.Tensor) -> torch.Tensor:
+    """``hard_pseudo_labels_and_confidence``'s labels."""
+    return hard_pseudo_labels_and_confidence(logits)[0]
+
+
+@torch.no_grad()
+def gate_by_confidence(labels: torch.Tensor, confidence: torch.Tensor, threshold: float) -> torch.Tensor:
+    """UniMatch's and FixMatch's gate of hard pseudo-labels: ``labels`` where the teacher's confidence is at least
+    ``threshold``; elsewhere the label's bitwise complement ``-(label + 1)``, which the mix loss leaves out
+    (weight 0 in Dice and CE) while the map still says which class the teacher would have given."""
+    return torch.where(confidence >= threshold, labels, torch.bitwise_not(labels))
+
+
+def is_left_out(labels: torch.Tensor) -> torch.Tensor:
+    """Voxels of a gated map that the loss leaves out."""
+    return labels < 0
+
+
+@torch.no_grad()
+def kept_share_per_class(gated: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Per class, the share of the voxels the teacher gave that class that passed the gate (NaN where it gave none);
+    ``(num_classes,)``, background first."""
+    flat = gated.flatten().long()
+    kept = torch.bincount(flat.clamp_min(0), weights=(flat >= 0).float(), minlength=num_classes)[:num_classes]
+    given = torch.bincount(torch.where(flat >= 0, flat, torch.bitwise_not(flat)), minlength=num_classes)
+    given = given[:num_classes].float()
+    return torch.where(given > 0, kept / given.clamp_min(1), torch.full_like(given, float('nan')))
 
 
 @torch.no_grad()

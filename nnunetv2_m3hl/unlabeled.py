@@ -17,6 +17,7 @@ from time import sleep
 from typing import Dict, Iterator, List, Sequence, Tuple
 
 from batchgenerators.utilities.file_and_folder_operations import join, load_json, load_pickle, write_pickle
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
@@ -30,6 +31,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 UNLABELED_IMAGES_FOLDER = 'imagesUnlabeledTr'
 MANIFEST_NAME = 'm3hl_manifest.json'
 MANIFEST_VERSION = 1
+LOCK_NAME = '.m3hl-lock'
 _TMP_PREFIX = '.m3hl-tmp-'
 # the files nnU-Net's blosc2 storage writes for one case
 _CASE_FILE_SUFFIXES = ('.b2nd', '_seg.b2nd', '.pkl')
@@ -110,9 +112,21 @@ def discover_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Lis
     return cases
 
 
+# what decides a preprocessed scan's voxels: the configuration's resampling and normalisation, and the plans'
+# axis order, intensity statistics and reader. The network, batch and patch size are left out, so that plans
+# that differ only there (a narrower network, another batch) share one folder, as nnU-Net's labeled data does
+_PREPROCESSING_CONFIGURATION_KEYS = ('data_identifier', 'preprocessor_name', 'spacing', 'normalization_schemes',
+                                     'use_mask_for_norm', 'resampling_fn_data', 'resampling_fn_data_kwargs',
+                                     'resampling_fn_seg', 'resampling_fn_seg_kwargs')
+_PREPROCESSING_PLANS_KEYS = ('transpose_forward', 'foreground_intensity_properties_per_channel',
+                             'image_reader_writer')
+
+
 def plans_identity(plans: dict, configuration_name: str) -> str:
-    """A digest of everything that determines how a scan is preprocessed for one configuration."""
-    relevant = {'plans': plans, 'configuration': configuration_name}
+    """A digest of everything in the plans that determines how a scan is preprocessed for one configuration."""
+    configuration = PlansManager(plans).get_configuration(configuration_name).configuration
+    relevant = {'configuration': {k: configuration.get(k) for k in _PREPROCESSING_CONFIGURATION_KEYS},
+                'plans': {k: plans.get(k) for k in _PREPROCESSING_PLANS_KEYS}}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -124,8 +138,13 @@ def source_identity(files: Sequence[str]) -> List[dict]:
     return identities
 
 
+def _process_tag() -> str:
+    """Part of every temporary name: no two processes ever write the same temporary file."""
+    return f'{os.getpid()}-'
+
+
 def _write_json_atomically(obj: dict, path: str) -> None:
-    tmp = path + '.tmp'
+    tmp = join(os.path.dirname(path), f'{_TMP_PREFIX}{_process_tag()}{os.path.basename(path)}')
     with open(tmp, 'w') as f:
         json.dump(obj, f, indent=1, sort_keys=True)
         f.flush()
@@ -152,8 +171,12 @@ def _case_files(output_folder: str, identifier: str) -> List[str]:
     return [join(output_folder, identifier + s) for s in _CASE_FILE_SUFFIXES]
 
 
+def _temporary_case_name(identifier: str) -> str:
+    return f'{_TMP_PREFIX}{_process_tag()}{identifier}'
+
+
 def _remove_case_files(output_folder: str, identifier: str) -> None:
-    for f in _case_files(output_folder, identifier) + _case_files(output_folder, _TMP_PREFIX + identifier):
+    for f in _case_files(output_folder, identifier) + _case_files(output_folder, _temporary_case_name(identifier)):
         if os.path.isfile(f):
             os.remove(f)
 
@@ -194,7 +217,7 @@ def preprocess_one_case(case: UnlabeledCase, output_folder: str, plans: dict, co
         raise UnlabeledDataError(
             f"{case.image_files[0]}: a {image_dimensionality(props)}D image, but the labeled images of this "
             f"dataset are {expected_dimensionality}D. Convert it to match or remove it.")
-    tmp = join(output_folder, _TMP_PREFIX + case.identifier)
+    tmp = join(output_folder, _temporary_case_name(case.identifier))
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
     try:
         preprocessor.run_case_save(tmp, list(case.image_files), None, plans_manager, configuration_manager,
@@ -204,7 +227,7 @@ def preprocess_one_case(case: UnlabeledCase, output_folder: str, plans: dict, co
         properties = load_pickle(tmp + '.pkl')
         properties['class_locations'] = {}
         write_pickle(properties, tmp + '.pkl')
-        for src, dst in zip(_case_files(output_folder, _TMP_PREFIX + case.identifier),
+        for src, dst in zip(_case_files(output_folder, _temporary_case_name(case.identifier)),
                             _case_files(output_folder, case.identifier)):
             os.replace(src, dst)
     except Exception as e:
@@ -239,7 +262,27 @@ def preprocess_unlabeled(dataset_name_or_id, configuration_name: str, plans_iden
     cases = discover_unlabeled_cases(raw_dataset_folder, dataset_json)
     output_folder = preprocessed_unlabeled_folder(preprocessed_base, configuration_manager.data_identifier)
     os.makedirs(output_folder, exist_ok=True)
+    # one process updates the folder at a time; the others wait, then find it up to date (folds started together,
+    # each fold's rank 0 calls this at its start)
+    lock = FileLock(join(output_folder, LOCK_NAME))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if verbose:
+            print(f"Another process is updating {output_folder}; waiting for it to finish")
+        lock.acquire()
+    try:
+        _bring_up_to_date(cases, output_folder, plans, configuration_name, dataset_json, raw_dataset_folder,
+                          plans_manager, num_processes, verbose)
+    finally:
+        lock.release()
+    return output_folder
 
+
+def _bring_up_to_date(cases: List[UnlabeledCase], output_folder: str, plans: dict, configuration_name: str,
+                      dataset_json: dict, raw_dataset_folder: str, plans_manager: PlansManager, num_processes: int,
+                      verbose: bool) -> None:
+    """Preprocess what is missing or stale and drop what was removed; the caller holds the folder's lock."""
     identity = plans_identity(plans, configuration_name)
     manifest = load_manifest(output_folder)
     if manifest['plans_identity'] != identity:
@@ -258,7 +301,7 @@ def preprocess_unlabeled(dataset_name_or_id, configuration_name: str, plans_iden
             manifest['cases'].pop(case.identifier, None)
             todo.append(case)
     _write_json_atomically(manifest, join(output_folder, MANIFEST_NAME))
-    # leftovers of an interrupted run that no manifest entry vouches for
+    # leftovers of an interrupted run that no manifest entry vouches for (no other process writes here now)
     for name in os.listdir(output_folder):
         if name.startswith(_TMP_PREFIX):
             os.remove(join(output_folder, name))
@@ -266,7 +309,7 @@ def preprocess_unlabeled(dataset_name_or_id, configuration_name: str, plans_iden
         print(f"Unlabeled scans: {len(cases)} found, {len(cases) - len(todo)} up to date, {len(todo)} to preprocess "
               f"into {output_folder}")
     if not todo:
-        return output_folder
+        return
 
     expected_dim = reference_dimensionality(raw_dataset_folder, dataset_json, plans_manager)
     args = [(case, output_folder, plans, configuration_name, dataset_json, expected_dim) for case in todo]
@@ -291,7 +334,6 @@ def preprocess_unlabeled(dataset_name_or_id, configuration_name: str, plans_iden
                         record(case)
                         bar.update()
                     sleep(0.05)
-    return output_folder
 
 
 def unlabeled_identifiers(output_folder: str) -> List[str]:

@@ -15,6 +15,7 @@ BIN = os.path.dirname(sys.executable)
 USER_TRAINERS = '''
 import os
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2_m3hl.trainers.bcp_trainers import BCPTrainer, BCPTrainer_pretrain
 from nnunetv2_m3hl.trainers.m3hl_trainer import M3HLTrainer
 from nnunetv2_m3hl.trainers.m3hl_variants import M3HLTrainer_lateTeacher
@@ -53,6 +54,13 @@ def _short(trainer):
     trainer.num_epochs = 1
     trainer.num_iterations_per_epoch = 4
     trainer.num_val_iterations_per_epoch = 1
+
+
+class nnUNetTrainer_test(nnUNetTrainer):
+    """The supervised baseline at the same short budget."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _short(self)
 
 
 class BCPTrainer_pretrain_test(BCPTrainer_pretrain):

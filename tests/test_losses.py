@@ -82,3 +82,26 @@ def test_region_loss_equals_the_tp_fp_fn_formulation_and_keeps_less_for_the_back
     plain_bytes = saved_bytes_beyond([], lambda: nnunet_style_region_loss(logits, target, source, 0.5))
     one_map = logits.numel() * logits.element_size()
     assert lean_bytes < 4.5 * one_map < plain_bytes  # logits, softmax, log-softmax, boolean masks
+
+
+def test_negative_targets_are_left_out_of_both_regions():
+    from nnunetv2_m3hl.losses import RegionWeightedDiceCE
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 1, 8, 8))
+    from_unlabeled = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    from_unlabeled[:, :, :, 4:] = True
+    loss = RegionWeightedDiceCE(0.5)
+    loss.leave_out_negative = True
+    uncertain = target.clone()
+    uncertain[:, :, :4, 4:] = ~uncertain[:, :, :4, 4:]  # half of the pseudo-labeled region is left out
+    gated = loss(logits, uncertain, from_unlabeled)
+    # the same as a loss whose pseudo-labeled region is only the confident half
+    confident_region = from_unlabeled.clone()
+    confident_region[:, :, :4, 4:] = False
+    plain = RegionWeightedDiceCE(0.5)
+    labeled_only = plain(logits, target, from_unlabeled)  # the labeled region is unchanged
+    grad_gated, = torch.autograd.grad(gated, logits)
+    # voxels that are left out get no gradient from either region
+    assert torch.all(grad_gated[:, :, :4, 4:] == 0)
+    assert torch.isfinite(gated) and not torch.isclose(gated, labeled_only)

@@ -2,6 +2,8 @@
 import importlib.util
 import os
 
+import numpy as np
+
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -34,14 +36,116 @@ def test_summary_pairs_models_with_the_baseline_per_seed(real_data):
     assert any('BCP' in line and '87.59' in line for line in table)
 
 
-def test_two_stage_specs_split_the_budget(real_data, tmp_path, monkeypatch):
+def _train_calls(real_data, monkeypatch):
+    import json
     calls = []
-    monkeypatch.setattr(real_data, 'run', lambda cmd, env, log_file=None: calls.append(cmd))
-    args = type('Args', (), {'dataset': 'acdc', 'budget': 'cpu', 'workdir': str(tmp_path), 'iterations': 600,
+    monkeypatch.setattr(real_data, 'run', lambda cmd, env, log_file=None: calls.append(
+        dict(json.loads(cmd[-1]), results=env['nnUNet_results'])))
+    return calls
+
+
+def _args(tmp_path, budget='cpu'):
+    return type('Args', (), {'dataset': 'acdc', 'budget': budget, 'workdir': str(tmp_path), 'iterations': 600,
                              'minutes': None, 'pretrain_fraction': 0.5, 'device': 'cpu'})()
-    models, _ = real_data.train_spec('nnUNetTrainer+M3HLTrainer', args, 'Dataset271_ACDC', 0)
-    assert [(c[6], c[7]) for c in calls] == [('nnUNetTrainer', '300'), ('M3HLTrainer', '300')]
-    assert calls[0][-1] == 'None'
-    assert calls[1][-1].endswith('nnUNetTrainer__nnUNetPlans_cpu__2d/fold_0/checkpoint_final.pth')
+
+
+def test_two_stage_specs_split_the_budget(real_data, tmp_path, monkeypatch):
+    calls = _train_calls(real_data, monkeypatch)
+    models, _ = real_data.train_spec('nnUNetTrainer+M3HLTrainer', _args(tmp_path), 'Dataset271_ACDC', 0)
+    assert [(c['trainer'], c['iterations']) for c in calls] == [('nnUNetTrainer', 300), ('M3HLTrainer', 300)]
+    assert calls[0]['pretrained'] is None
+    assert calls[1]['pretrained'].endswith('nnUNetTrainer__nnUNetPlans_cpu__2d/fold_0/checkpoint_final.pth')
     assert list(models) == ['nnUNetTrainer (first stage of nnUNetTrainer+M3HLTrainer)', 'nnUNetTrainer+M3HLTrainer']
     assert real_data.expected_models('nnUNetTrainer+M3HLTrainer') == list(models)
+
+
+def test_full_two_stage_spec_reuses_the_first_trainers_own_run(real_data, tmp_path, monkeypatch):
+    calls = _train_calls(real_data, monkeypatch)
+    args = _args(tmp_path, 'cpu_long')
+    real_data.train_spec('nnUNetTrainer', args, 'Dataset271_ACDC', 1)
+    lone = calls[-1]
+    # the lone run finished: the two-stage spec trains only its second stage, for the whole budget, from it
+    fold = os.path.join(lone['results'], 'Dataset271_ACDC', 'nnUNetTrainer__nnUNetPlans_cpu_narrow__2d', 'fold_0')
+    os.makedirs(fold)
+    open(os.path.join(fold, 'checkpoint_final.pth'), 'w').close()
+    models, _ = real_data.train_spec('nnUNetTrainer>M3HLTrainer', args, 'Dataset271_ACDC', 1)
+    second = calls[-1]
+    assert len(calls) == 2 and second['trainer'] == 'M3HLTrainer' and second['iterations'] == 600
+    assert second['pretrained'] == os.path.join(fold, 'checkpoint_final.pth')
+    assert second['results'] != lone['results'] and second['validation_batches'] == 20
+    assert list(models) == real_data.expected_models('nnUNetTrainer>M3HLTrainer') == ['nnUNetTrainer>M3HLTrainer']
+
+
+def test_plateau_rule(real_data):
+    rising = list(np.linspace(0.2, 0.8, 40))
+    assert not real_data.plateau(rising)['plateaued']
+    flat = rising[:30] + [0.80, 0.81, 0.79, 0.80, 0.80, 0.805, 0.80, 0.795, 0.80, 0.80]
+    verdict = real_data.plateau(flat)
+    assert verdict['plateaued'] and verdict['epochs_per_window'] == 4 and 'within 1.0 points' in verdict['rule']
+    assert not real_data.plateau([0.5])['plateaued']
+
+
+def test_narrowed_plans_keep_the_data_and_record_the_edit(real_data):
+    plans = {'plans_name': 'nnUNetPlans_cpu', 'configurations': {'2d': {
+        'data_identifier': 'nnUNetPlans_cpu_2d', 'batch_size': 4,
+        'architecture': {'arch_kwargs': {'features_per_stage': [32, 64, 128, 256, 512]}}}}}
+    narrow = real_data.narrowed_plans(plans, '2d', 2, 8, 'nnUNetPlans_cpu_narrow')
+    c = narrow['configurations']['2d']
+    assert c['architecture']['arch_kwargs']['features_per_stage'] == [16, 32, 64, 128, 256]
+    assert c['batch_size'] == 8 and c['data_identifier'] == 'nnUNetPlans_cpu_2d'
+    assert narrow['m3hl_plans_edit']['features_per_stage']['source'] == [32, 64, 128, 256, 512]
+    assert plans['configurations']['2d']['batch_size'] == 4  # the source is not changed
+
+
+def test_a_stopped_training_resumes_to_the_same_weights_as_an_unstopped_one(real_data, nnunet_env, planned_2d,
+                                                                             tmp_path):
+    """The benchmark's training is killed after a checkpoint, started again, and ends bit for bit where an
+    uninterrupted run of the same seed ends."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    import torch
+    from nnunetv2_m3hl.checkpointing import load_checkpoint_safely
+    script = os.path.join(HERE, '..', 'benchmarks', 'real_data.py')
+    # 3 epochs of 4 iterations: the first is the supervised warm-up, the other two mix
+    options = json.dumps(dict(dataset_id=901, configuration='2d', plans='nnUNetPlans', trainer='M3HLTrainer',
+                              iterations=12, minutes=None, seed=3, device='cpu', pretrained=None,
+                              iterations_per_epoch=4, validation_batches=1, save_every=1))
+
+    def fold(results):
+        return os.path.join(results, planned_2d, 'M3HLTrainer__nnUNetPlans__2d', 'fold_0')
+
+    def train(results, **popen):
+        env = dict(os.environ, nnUNet_results=str(results))
+        return subprocess.Popen([sys.executable, script, '_train', options], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, **popen)
+
+    assert train(tmp_path / 'whole').wait(timeout=600) == 0
+    stopped = tmp_path / 'stopped'
+    proc = train(stopped, start_new_session=True)
+    latest = os.path.join(fold(stopped), 'checkpoint_latest.pth')
+    t0 = time.time()
+    while not os.path.isfile(latest) and proc.poll() is None and time.time() - t0 < 600:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert os.path.isfile(latest) and not os.path.isfile(os.path.join(fold(stopped), 'checkpoint_final.pth'))
+    stopped_at = load_checkpoint_safely(latest)['current_epoch']
+    assert stopped_at in (1, 2)
+    assert train(stopped).wait(timeout=600) == 0
+
+    whole = load_checkpoint_safely(os.path.join(fold(tmp_path / 'whole'), 'checkpoint_final.pth'))
+    resumed = load_checkpoint_safely(os.path.join(fold(stopped), 'checkpoint_final.pth'))
+    assert resumed['current_epoch'] == whole['current_epoch'] == 3
+    for key in ('network_weights',):
+        for name, value in whole[key].items():
+            assert torch.equal(value, resumed[key][name]), name
+    for name, value in whole['m3hl']['teacher_weights'].items():
+        assert torch.equal(value, resumed['m3hl']['teacher_weights'][name]), name
+    for key in ('train_losses', 'mix_losses', 'mean_fg_dice'):
+        np.testing.assert_array_equal(whole['logging'][key], resumed['logging'][key])
+    log = open(os.path.join(fold(stopped), sorted(f for f in os.listdir(fold(stopped))
+                                                 if f.startswith('training_log'))[-1])).read()
+    assert 'resuming from checkpoint_latest.pth' in log

@@ -105,3 +105,13 @@ def test_the_default_warms_up_and_the_compared_schedules_keep_their_own(nnunet_e
     assert trainers['M3HLTrainer'].supervised_warmup_epochs == 200  # of nnU-Net's 1000
     assert trainers['M3HLTrainer_rampup'].teacher_rampup_fraction == 0.5
     assert trainers['M3HLTrainer_lateTeacher'].teacher_join_steps == 100
+
+
+def test_the_student_is_ready_when_every_class_knows_or_supervision_stalls():
+    from nnunetv2_m3hl.schedule import student_is_ready
+    assert not student_is_ready([], [], 0.5, 3)
+    assert student_is_ready([[0.2, 0.3], [0.6, 0.7]], [0.1, 0.2], 0.5, 3)
+    assert not student_is_ready([[0.2, 0.3], [0.0, 0.9]], [0.1, 0.2], 0.5, 3)  # one class not learnt yet
+    assert not student_is_ready([[0.0, 0.9]] * 4, [0.1, 0.3, 0.29, 0.28], 0.5, 3)  # best 2 epochs ago
+    assert student_is_ready([[0.0, 0.9]] * 5, [0.1, 0.3, 0.29, 0.28, 0.27], 0.5, 3)
+    assert not student_is_ready([[float('nan'), 0.9]], [0.4], 0.5, 3)

@@ -198,3 +198,19 @@ def test_cube_maximum_axis_by_axis_is_the_same():
     cube, cube_iterations = _propagate_max_index(fg, separable=False)
     axes, axes_iterations = _propagate_max_index(fg, separable=True)
     assert torch.equal(cube, axes) and cube_iterations == axes_iterations
+
+
+def test_confidence_gate_keeps_the_class_and_counts_the_kept_share():
+    from nnunetv2_m3hl.teacher import gate_by_confidence, hard_pseudo_labels_and_confidence, is_left_out, \
+        kept_share_per_class
+    logits = torch.tensor([[[[4.0, 0.0, 0.0, 0.0]], [[0.0, 4.0, 0.1, 0.0]], [[0.0, 0.0, 0.0, 0.0]]]])  # (1, 3, 1, 4)
+    labels, confidence = hard_pseudo_labels_and_confidence(logits)
+    assert torch.equal(labels, torch.softmax(logits, 1).argmax(1))
+    assert torch.allclose(confidence, torch.softmax(logits, 1).amax(1))
+    gated = gate_by_confidence(labels, confidence, 0.9)
+    # voxels 0 and 1 are confident (~0.96); voxels 2 and 3 are not, and keep their class as ~label
+    assert gated.tolist() == [[[0, 1, -1 - 1, -1 - 0]]]
+    assert is_left_out(gated).tolist() == [[[False, False, True, True]]]
+    share = kept_share_per_class(gated, 3)
+    assert share[0] == 0.5 and share[1] == 0.5 and torch.isnan(share[2])
+    assert torch.equal(gate_by_confidence(labels, confidence, 0.0), labels)

@@ -164,3 +164,41 @@ def test_teacher_is_compiled_with_the_student_and_follows_the_ema(nnunet_env, pl
     after = teacher_outputs(compiled)
     assert_same(after, teacher_outputs(trainer.teacher))
     assert (after[2] - before[2]).abs().max() > 1e-2
+
+
+def test_confidence_gate_leaves_uncertain_voxels_out_and_logs_the_kept_share(nnunet_env, planned_2d):
+    trainer = make_trainer(planned_2d)
+    labeled, unlabeled = batches(trainer)
+    trainer.pseudo_label_confidence_threshold = 0.999999  # an untrained teacher is confident nowhere
+    trainer.region_loss.leave_out_negative = True
+    out = trainer.m3hl_step(labeled['data'], labeled['target'], unlabeled)
+    assert np.isfinite(out['loss']) and out['kept_share'].shape == (trainer.label_manager.num_segmentation_heads,)
+    assert np.nanmax(out['kept_share']) < 0.5
+    # nothing confident: the pseudo-labeled region adds nothing, so the mix loss is the labeled region's alone
+    gated = trainer.m3hl_step(labeled['data'], labeled['target'], unlabeled)
+    trainer.pseudo_label_confidence_threshold = 0.0
+    kept_all = trainer.m3hl_step(labeled['data'], labeled['target'], unlabeled)
+    assert np.allclose(kept_all['kept_share'][np.isfinite(kept_all['kept_share'])], 1.0)
+    assert float(gated['mix_loss']) != float(kept_all['mix_loss'])
+    trainer.on_train_epoch_end([out, gated, kept_all])
+    assert len(trainer.logger.get_value('pseudo_kept_share', -1)) == trainer.label_manager.num_segmentation_heads
+
+
+def test_the_stored_trainer_name_is_one_plain_nnunet_resolves(nnunet_env, planned_2d, tmp_path):
+    from nnunetv2_m3hl.trainers.m3hl_trainer import M3HLTrainer
+    from nnunetv2_m3hl.trainers.bcp_trainers import BCPTrainer
+    assert M3HLTrainer.inference_trainer_name() == BCPTrainer.inference_trainer_name() == 'nnUNetTrainer'
+
+    class OwnNetwork(M3HLTrainer):
+        @staticmethod
+        def build_network_architecture(*args, **kwargs):
+            raise NotImplementedError
+    assert OwnNetwork.inference_trainer_name() == 'OwnNetwork'
+    trainer = make_trainer(planned_2d)
+    trainer.output_folder = str(tmp_path)
+    trainer.save_checkpoint(str(tmp_path / 'checkpoint_final.pth'))
+    for name in ('checkpoint_final.pth', 'checkpoint_final_teacher.pth'):
+        saved = load_checkpoint_safely(str(tmp_path / name))
+        assert saved['trainer_name'] == 'nnUNetTrainer' and saved['m3hl']['trainer_name'] == 'M3HLTrainer_test'
+    # the stored name changes nothing for --c: the checkpoint loads into the M3HL trainer with its teacher
+    trainer.load_checkpoint(str(tmp_path / 'checkpoint_final.pth'))

@@ -33,7 +33,8 @@ def test_2d_train_resume_validate_predict(nnunet_env, planned_2d, tmp_path):
     key = next(k for k in first['network_weights'] if k.endswith('weight'))
     assert not torch.equal(first['m3hl']['teacher_weights'][key], first['network_weights'][key])
     assert (out / 'checkpoint_final_teacher.pth').is_file()
-    assert (out / 'progress.png').is_file() and (out / 'mixed_sample_epoch_0000.png').is_file()
+    assert (out / 'progress.png').is_file() and (out / 'progress_m3hl.png').is_file()
+    assert (out / 'mixed_sample_epoch_0000.png').is_file()
     log = open(sorted(out.glob('training_log_*.txt'))[-1]).read()
     assert 'L_high' in log and 'pseudo-label fg share' in log
     assert (nnunet_env / 'preprocessed' / planned_2d / 'nnUNetPlans_2d_unlabeled' / 'm3hl_manifest.json').is_file()

@@ -111,3 +111,23 @@ def test_unreadable_scan_is_refused_and_nothing_written(nnunet_env, planned_2d):
         assert 'broken' not in json.load(open(out / MANIFEST_NAME))['cases']
     finally:
         bad.unlink()
+
+
+def test_plans_identity_covers_preprocessing_only(nnunet_env, planned_2d):
+    import copy
+    from nnunetv2_m3hl.unlabeled import plans_identity
+    plans = json.load(open(os.path.join(str(nnunet_env), 'preprocessed', planned_2d, 'nnUNetPlans.json')))
+    identity = plans_identity(plans, '2d')
+    narrow = copy.deepcopy(plans)
+    c = narrow['configurations']['2d']
+    c['architecture']['arch_kwargs']['features_per_stage'] = [w // 2 for w in
+                                                              c['architecture']['arch_kwargs']['features_per_stage']]
+    c['batch_size'] = c['batch_size'] + 3
+    narrow['plans_name'] = 'nnUNetPlans_narrow'
+    assert plans_identity(narrow, '2d') == identity  # a narrower network shares the preprocessed scans
+    for edit in (lambda p: p['configurations']['2d'].update(spacing=[s * 2 for s in p['configurations']['2d']['spacing']]),
+                 lambda p: p['configurations']['2d'].update(normalization_schemes=['NoNormalization']),
+                 lambda p: p.update(transpose_forward=list(reversed(p['transpose_forward'])))):
+        changed = copy.deepcopy(plans)
+        edit(changed)
+        assert plans_identity(changed, '2d') != identity

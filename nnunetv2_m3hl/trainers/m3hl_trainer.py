@@ -30,9 +30,10 @@ from nnunetv2_m3hl.mixing import MixedBatch, downsample_for_deep_supervision, ma
 from nnunetv2_m3hl.overlap import PseudoLabelCleanup, Ready
 from nnunetv2_m3hl.pretrained import PretrainedWeightsWatcher, whole_model_state
 from nnunetv2_m3hl.progress import M3HLLocalLogger
-from nnunetv2_m3hl.schedule import ema_decay_at, teacher_terms_scale
+from nnunetv2_m3hl.schedule import ema_decay_at, student_is_ready, teacher_terms_scale
 from nnunetv2_m3hl.step_guard import NonFiniteStepGuard
-from nnunetv2_m3hl.teacher import broadcast_teacher, ema_update, hard_pseudo_labels, make_teacher
+from nnunetv2_m3hl.teacher import broadcast_teacher, ema_update, gate_by_confidence, \
+    hard_pseudo_labels_and_confidence, kept_share_per_class, make_teacher
 from nnunetv2_m3hl.unlabeled import UnlabeledDataLoader, check_configuration_supported, n_proc_da_environment, \
     n_proc_split, preprocess_unlabeled, preprocessed_unlabeled_folder, unlabeled_identifiers
 from nnunetv2_m3hl.visualization import save_mixed_sample_png
@@ -42,6 +43,16 @@ TEACHER_CHECKPOINT = 'checkpoint_final_teacher.pth'
 
 def _cycle(batch: torch.Tensor, n: int) -> torch.Tensor:
     return batch if batch.shape[0] == n else batch[torch.arange(n) % batch.shape[0]]
+
+
+class _GatedPseudoLabels:
+    """A started cleanup whose map is gated by the teacher's confidence once it is ready."""
+
+    def __init__(self, cleaning, confidence: torch.Tensor, threshold: float):
+        self.cleaning, self.confidence, self.threshold = cleaning, confidence, threshold
+
+    def result(self) -> torch.Tensor:
+        return gate_by_confidence(self.cleaning.result(), self.confidence, self.threshold)
 
 
 class M3HLTrainer(nnUNetTrainer):
@@ -57,6 +68,9 @@ class M3HLTrainer(nnUNetTrainer):
         self.low_weight = 1.0
         self.high_cosine_over = HIGH_COSINE_PER_SAMPLE  # one cosine per sample, as the reference code
         self.largest_component = True
+        # teacher voxels whose top softmax probability is below this are left out of the pseudo-labeled region of
+        # the mix loss (weight 0 in Dice and CE), as UniMatch gates at 0.95; None: every voxel counts (the reference)
+        self.pseudo_label_confidence_threshold = None
         # where the cleanup runs: 'side_stream' (CUDA: overlapped with the student's forward on a second stream;
         # elsewhere the same as 'sync'), 'sync', 'host_thread' (scipy in worker threads), or 'teacher_side_stream'
         # (CUDA: the teacher's forward too, at the same time as the student's; not measured on a GPU yet); every
@@ -70,6 +84,15 @@ class M3HLTrainer(nnUNetTrainer):
         # mean at 2, 4 and 8 labeled cases (benchmarks/RESULTS.md); the reference code has none
         # (M3HLTrainer_reference)
         self.supervised_warmup_fraction = 0.2
+        # instead of a fixed share: the warm-up ends once the student is ready (schedule.student_is_ready: every
+        # foreground class at the floor on nnU-Net's validation pseudo-Dice, or no new best EMA pseudo-Dice for
+        # `patience` epochs), after half the epochs at the latest
+        self.supervised_warmup_until_ready = False
+        self.warmup_ready_class_floor = 0.5
+        self.warmup_ready_patience = 5
+        # the epoch at which mixing started or starts, once it is decided (a ready student, or a whole pretrained
+        # model, which needs no warm-up); kept in the checkpoints so that a resumed run keeps its schedule
+        self.warmup_ended_at = None
         # when the teacher's terms (pseudo-labeled regions, L_high, L_low) enter the loss, counted in mixing
         # steps (see schedule.py); the reference: from the first step at full weight, constant EMA decay
         self.teacher_join_steps = 0
@@ -91,12 +114,22 @@ class M3HLTrainer(nnUNetTrainer):
     def m3hl_settings(self) -> dict:
         return {k: getattr(self, k) for k in (
             'blocks_per_axis', 'masked_ratio', 'u_weight', 'ema_decay', 'high_weight', 'low_weight',
-            'high_cosine_over', 'largest_component', 'unlabeled_batch_size', 'supervised_warmup_fraction',
-            'teacher_join_steps', 'teacher_rampup_fraction', 'teacher_ema_warm_start')}
+            'high_cosine_over', 'largest_component', 'pseudo_label_confidence_threshold', 'unlabeled_batch_size',
+            'supervised_warmup_fraction', 'supervised_warmup_until_ready', 'warmup_ready_class_floor',
+            'warmup_ready_patience', 'teacher_join_steps', 'teacher_rampup_fraction', 'teacher_ema_warm_start')}
 
     @property
     def supervised_warmup_epochs(self) -> int:
+        """Epochs of the supervised warm-up; while a warm-up until ready runs, its cap (half the epochs)."""
+        if self.warmup_ended_at is not None:
+            return self.warmup_ended_at
+        if self.supervised_warmup_until_ready:
+            return self.num_epochs // 2
         return int(self.supervised_warmup_fraction * self.num_epochs + 0.5)
+
+    def mixing_steps_before(self, epoch: int) -> int:
+        """M3HL steps (one unlabeled batch each) that the schedule runs before ``epoch`` starts."""
+        return max(0, epoch - self.supervised_warmup_epochs) * self.num_iterations_per_epoch
 
     def in_supervised_warmup(self) -> bool:
         return self.current_epoch < self.supervised_warmup_epochs
@@ -129,6 +162,7 @@ class M3HLTrainer(nnUNetTrainer):
         self._pretrained_watcher = PretrainedWeightsWatcher(student)
         self.pseudo_label_cleanup = PseudoLabelCleanup(self.pseudo_label_cleanup_mode)
         mix_loss = RegionWeightedDiceCE(self.u_weight, self.label_manager.ignore_label)
+        mix_loss.leave_out_negative = self.pseudo_label_confidence_threshold is not None
         self.region_loss = mix_loss
         # same deep-supervision weights as nnU-Net's own loss
         self.mix_loss = DeepSupervisionWrapper(mix_loss, self.loss.weight_factors) \
@@ -168,8 +202,11 @@ class M3HLTrainer(nnUNetTrainer):
                                           student.state_dict(), self.dataset_json['labels'])
         if state is not None:
             student.load_state_dict(state)
+            # that teacher is trained already: mixing starts at once
+            self.warmup_ended_at = 0
             self.print_to_log_file(f"pretrained weights {file}: {reason}, so student and teacher start from the "
-                                   f"whole pretrained model, segmentation heads included")
+                                   f"whole pretrained model, segmentation heads included, and mixing starts at "
+                                   f"once (no supervised warm-up)")
         else:
             self.print_to_log_file(f"pretrained weights {file}: {reason}; nnU-Net's transfer without the "
                                    f"segmentation heads stands, and the teacher starts as a copy of that student")
@@ -217,7 +254,7 @@ class M3HLTrainer(nnUNetTrainer):
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         # derived from the epoch, so that a resumed training continues the schedule where it stopped
-        self.mixing_step = max(0, self.current_epoch - self.supervised_warmup_epochs) * self.num_iterations_per_epoch
+        self.mixing_step = self.mixing_steps_before(self.current_epoch)
         if self.supervised_warmup_epochs and self.current_epoch == self.supervised_warmup_epochs:
             # the student is identical on every rank, so are these copies
             self.teacher.load_state_dict(unwrap_network(self.network).state_dict())
@@ -309,10 +346,15 @@ class M3HLTrainer(nnUNetTrainer):
                    ema_decay_at(self.mixing_step, self.ema_decay, self.teacher_ema_warm_start))
         self.mixing_step += 1
         # one copy to the host (one wait for the GPU) for everything logged
-        logged = torch.stack([v.detach().float() for v in (loss, mix, l_high, l_low, (pseudo > 0).float().mean())])
-        loss_value, mix_value, high_value, low_value, fg_value = (np.array(v) for v in logged.cpu().numpy())
-        return {'loss': loss_value, 'mix_loss': mix_value, 'high_loss': high_value, 'low_loss': low_value,
-                'pseudo_fg': fg_value, 'skipped': np.array(0.0)}
+        logged = [v.detach().float().reshape(1) for v in (loss, mix, l_high, l_low, (pseudo > 0).float().mean())]
+        if self.pseudo_label_confidence_threshold is not None:
+            logged.append(kept_share_per_class(pseudo, self.label_manager.num_segmentation_heads))
+        logged = torch.cat(logged).cpu().numpy()
+        out = {key: np.array(v) for key, v in zip(('loss', 'mix_loss', 'high_loss', 'low_loss', 'pseudo_fg'), logged)}
+        if self.pseudo_label_confidence_threshold is not None:
+            out['kept_share'] = logged[5:]
+        out['skipped'] = np.array(0.0)
+        return out
 
     def teacher_pass(self, x_unlabeled: torch.Tensor):
         """The teacher's forward on the unlabeled patches: (the started cleanup of its argmax, whose ``result()`` is
@@ -320,10 +362,12 @@ class M3HLTrainer(nnUNetTrainer):
         with torch.no_grad(), self._autocast():
             teacher_logits = self.teacher_network(x_unlabeled)
             teacher_high, teacher_low = self.teacher_tap.pop()
-        hard = hard_pseudo_labels(teacher_logits)
+        hard, confidence = hard_pseudo_labels_and_confidence(teacher_logits)
         n_classes = teacher_logits.shape[1]
         del teacher_logits  # not held through the student's forward and backward
         cleaning = self.pseudo_label_cleanup.start(hard, n_classes) if self.largest_component else Ready(hard)
+        if self.pseudo_label_confidence_threshold is not None:
+            cleaning = _GatedPseudoLabels(cleaning, confidence, self.pseudo_label_confidence_threshold)
         return cleaning, teacher_high, teacher_low
 
     def _skip_nonfinite_step(self, loss: torch.Tensor) -> dict:
@@ -355,7 +399,20 @@ class M3HLTrainer(nnUNetTrainer):
         values = np.asarray(values, dtype=float)
         return float(np.nanmean(values)) if np.isfinite(values).any() else float('nan')
 
+    def _kept_share_of_epoch(self, kept: List[np.ndarray]) -> List[float]:
+        """Per class (background first), the mean over the epoch's steps of the share of the teacher's voxels that
+        passed the confidence gate; NaN without a gate or a mixing step."""
+        n_classes = self.label_manager.num_segmentation_heads
+        values = np.stack(kept) if kept else np.full((1, n_classes), np.nan)
+        if self.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, values)
+            values = np.concatenate(gathered)
+        with np.errstate(all='ignore'):
+            return [float(np.nanmean(c)) if np.isfinite(c).any() else float('nan') for c in values.T]
+
     def on_train_epoch_end(self, train_outputs: List[dict]):
+        kept = [o.pop('kept_share') for o in train_outputs if 'kept_share' in o]
         outputs = collate_outputs(train_outputs)
         e = self.current_epoch
         self.logger.log('train_losses', self._epoch_mean(outputs['loss']), e)
@@ -364,14 +421,27 @@ class M3HLTrainer(nnUNetTrainer):
             self.logger.log(log_key, self._epoch_mean(outputs[key]), e)
         skipped = self._epoch_mean(outputs['skipped']) * len(train_outputs)
         self.logger.log('skipped_steps', skipped, e)
+        kept_share = self._kept_share_of_epoch(kept)
+        self.logger.log('pseudo_kept_share', kept_share, e)
         self.print_to_log_file(
             f"mix_loss {self.logger.get_value('mix_losses', -1):.4f}  L_high {self.logger.get_value('high_losses', -1):.4f}"
             f"  L_low {self.logger.get_value('low_losses', -1):.4f}  pseudo-label fg share "
             f"{self.logger.get_value('pseudo_fg_share', -1):.4f}"
             + (f"  skipped steps {skipped:.0f}" if skipped else '')
+            + (f"  kept pseudo-label share per class {np.round(kept_share, 3).tolist()}"
+               if np.isfinite(kept_share).any() else '')
             + (f"  teacher terms x{self.teacher_terms_scale():.3f}" if not self.in_supervised_warmup() else ''))
 
     def on_epoch_end(self):
+        if self.supervised_warmup_until_ready and self.warmup_ended_at is None and self.in_supervised_warmup() \
+                and student_is_ready(self.logger.get_value('dice_per_class_or_region', None),
+                                     self.logger.get_value('ema_fg_dice', None), self.warmup_ready_class_floor,
+                                     self.warmup_ready_patience):
+            # the validation Dice is the same on every rank (nnU-Net gathers it), so is this decision
+            self.warmup_ended_at = self.current_epoch + 1
+            self.print_to_log_file(f"the student is ready after {self.warmup_ended_at} supervised epochs "
+                                   f"(validation pseudo-Dice per class "
+                                   f"{np.round(self.logger.get_value('dice_per_class_or_region', -1), 3).tolist()})")
         if self._example_panels is not None:
             save_mixed_sample_png(self._example_panels,
                                   join(self.output_folder, f'mixed_sample_epoch_{self.current_epoch:04d}.png'))
@@ -395,9 +465,20 @@ class M3HLTrainer(nnUNetTrainer):
             '_best_ema': self._best_ema,
             'current_epoch': self.current_epoch + 1,
             'init_args': self.my_init_kwargs,
-            'trainer_name': self.__class__.__name__,
+            # the class nnUNetv2_predict builds the network with: a plain nnU-Net install resolves it
+            'trainer_name': self.inference_trainer_name(),
             'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
         }
+
+    @classmethod
+    def inference_trainer_name(cls) -> str:
+        """The trainer name stored in checkpoints, which is all ``nnUNetv2_predict`` uses a trainer class for: to
+        build the network. M3HL trains the plans-generated network unchanged, so it is ``nnUNetTrainer`` and an
+        M3HL model predicts where only nnU-Net is installed; a subclass that builds another network keeps its own
+        name (and needs this package to predict)."""
+        if cls.build_network_architecture is nnUNetTrainer.build_network_architecture:
+            return nnUNetTrainer.__name__
+        return cls.__name__
 
     def save_checkpoint(self, filename: str) -> None:
         """nnU-Net's checkpoint plus the teacher and the M3HL settings, written atomically. With the
@@ -408,11 +489,14 @@ class M3HLTrainer(nnUNetTrainer):
             self.print_to_log_file('No checkpoint written, checkpointing is disabled')
             return
         checkpoint = self._checkpoint(unwrap_network(self.network).state_dict(), with_training_state=True)
-        checkpoint['m3hl'] = {'teacher_weights': self.teacher.state_dict(), 'settings': self.m3hl_settings()}
+        checkpoint['m3hl'] = {'teacher_weights': self.teacher.state_dict(), 'settings': self.m3hl_settings(),
+                              'trainer_name': self.__class__.__name__, 'warmup_ended_at': self.warmup_ended_at}
         save_atomically(checkpoint, filename)
         if os.path.basename(filename) == 'checkpoint_final.pth':
-            save_atomically(self._checkpoint(self.teacher.state_dict(), with_training_state=False),
-                            join(os.path.dirname(filename), TEACHER_CHECKPOINT))
+            teacher = self._checkpoint(self.teacher.state_dict(), with_training_state=False)
+            teacher['m3hl'] = {'settings': self.m3hl_settings(), 'trainer_name': self.__class__.__name__,
+                               'weights': 'teacher'}
+            save_atomically(teacher, join(os.path.dirname(filename), TEACHER_CHECKPOINT))
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
@@ -425,6 +509,7 @@ class M3HLTrainer(nnUNetTrainer):
             self.teacher.load_state_dict(unwrap_network(self.network).state_dict())
             return
         self.teacher.load_state_dict(m3hl['teacher_weights'])
+        self.warmup_ended_at = m3hl.get('warmup_ended_at')
         if m3hl['settings'] != self.m3hl_settings():
             self.print_to_log_file(f"WARNING: checkpoint was trained with M3HL settings {m3hl['settings']}, "
                                    f"continuing with {self.m3hl_settings()}")

@@ -91,6 +91,36 @@ class M3HLTrainer_lateTeacher(M3HLTrainer_reference):
         self.teacher_join_steps = ema_horizon(self.ema_decay)
 
 
+class M3HLTrainer_confidence95(M3HLTrainer):
+    """The default, with teacher voxels below 0.95 softmax confidence left out of the mix loss (UniMatch's
+    threshold)."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.pseudo_label_confidence_threshold = 0.95
+
+
+class M3HLTrainer_confidence80(M3HLTrainer):
+    """The default, with teacher voxels below 0.8 softmax confidence left out of the mix loss."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.pseudo_label_confidence_threshold = 0.8
+
+
+class M3HLTrainer_readyWarmup(M3HLTrainer):
+    """The supervised warm-up ends when the student is ready (every foreground class at 0.5 validation
+    pseudo-Dice, or no new best EMA pseudo-Dice for 5 epochs), after half the epochs at the latest."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.supervised_warmup_until_ready = True
+
+
+class M3HLTrainer_readyWarmup_confidence95(M3HLTrainer_readyWarmup):
+    """Both: the warm-up until the student is ready, then pseudo-labels gated at 0.95."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.pseudo_label_confidence_threshold = 0.95
+
+
 class M3HLTrainer_250epochs(M3HLTrainer):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
