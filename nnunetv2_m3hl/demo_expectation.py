@@ -2,7 +2,7 @@
 the label-efficiency benchmark measured with the demo's own settings.
 
 The reference (``demo_reference.json`` next to this file) is written by
-``benchmarks/label_efficiency.py --export-demo-reference`` from runs with exactly the demo's default settings;
+``benchmarks/quality/label_efficiency.py --export-demo-reference`` from runs with exactly the demo's default settings;
 it holds every seed's mean Dice per trained model and the command that measured them.
 """
 import json
@@ -68,5 +68,5 @@ def describe(mean_dice: Dict[str, float], settings: dict, reference: Optional[di
         lines.append(f"{model} - {BASELINE}: {gain:+.2f} Dice points; {verdict(gain, gains)}.")
     if matching is None:
         lines.append("The seed-to-seed spread was measured for the default settings only "
-                     "(benchmarks/RESULTS.md, 'The default schedule').")
+                     "(benchmarks/RESULTS.md, 'Which schedule is the default?').")
     return lines

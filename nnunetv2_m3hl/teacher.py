@@ -48,7 +48,7 @@ def _max_pool_same(x: torch.Tensor, separable: bool = False) -> torch.Tensor:
 
     ``separable`` takes a 3D cube's maximum one axis at a time (the same values, 9 instead of 27 reads per
     voxel, three launches instead of one). On an H200 that was 5-12% slower than the single 3x3x3 pooling
-    (benchmarks/lcc_cost.py), so it is off; it stays for that comparison.
+    (benchmarks/cost/lcc_cost.py), so it is off; it stays for that comparison.
     """
     if x.ndim == 4:
         return F.max_pool2d(x, 3, stride=1, padding=1)
@@ -82,7 +82,7 @@ def _propagate_max_index(fg: torch.Tensor, first_check: int = 8, check_every: in
 
     Pooling alone needs as many iterations as the longest path in a component; jumping cuts that on long
     components; hooking on ragged ones too (an untrained teacher's argmax): on the maps of
-    ``benchmarks/lcc_cost.py`` (2d 256x224, 3d 64^3) the fixed point is reached after 5 to 8 iterations, where
+    ``benchmarks/cost/lcc_cost.py`` (2d 256x224, 3d 64^3) the fixed point is reached after 5 to 8 iterations, where
     jumping alone needs 8 to 132. So the first check comes after ``first_check`` iterations, later ones every
     ``check_every``. Returns the labels and the number of iterations run (the last one changed nothing).
     """

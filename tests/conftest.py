@@ -44,6 +44,16 @@ class M3HLTrainer_test_warmup(M3HLTrainer_test):
         self.supervised_warmup_fraction = 0.5
 
 
+class M3HLTrainer_test_readyWarmup(M3HLTrainer_test):
+    """Four epochs (a warm-up cap of two); the warm-up ends as soon as the student is ready, here after the first
+    (a floor of 0)."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 4
+        self.supervised_warmup_until_ready = True
+        self.warmup_ready_class_floor = 0.0
+
+
 class M3HLTrainer_test_lateTeacher(M3HLTrainer_lateTeacher):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)

@@ -1,11 +1,11 @@
-"""The bookkeeping of benchmarks/label_efficiency.py: merging of resumed runs and the paired summary."""
+"""The bookkeeping of benchmarks/quality/label_efficiency.py: merging of resumed runs and the paired summary."""
 import json
 import os
 import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'quality'))
 import label_efficiency as le  # noqa: E402
 
 

@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_benchmark(script, plans, out, *extra):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), '--plans', plans, '-c', '2d',
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'cost', script), '--plans', plans, '-c', '2d',
                            '-o', str(out), *extra], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(out) as f:
@@ -80,7 +80,7 @@ def test_step_profile_attributes_device_time_by_phase_and_thread():
     them, autograd's device thread counts as the backward, host time only for the training thread, and overlapping
     kernels (two streams) make the device busy once."""
     from types import SimpleNamespace
-    sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+    sys.path.insert(0, os.path.join(ROOT, 'benchmarks', 'cost'))
     import step_profile
     from torch.autograd import DeviceType
 
@@ -111,7 +111,7 @@ def test_step_profile_attributes_device_time_by_phase_and_thread():
 
 def test_step_operations_names_a_missing_plans_file(tmp_path):
     missing = tmp_path / 'nnUNetPlans.json'
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'step_operations.py'), '--plans',
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'cost', 'step_operations.py'), '--plans',
                            str(missing), '-c', '2d', '-o', str(tmp_path / 'ops.json')],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode != 0 and str(missing) in proc.stderr and 'not found' in proc.stderr
@@ -121,19 +121,19 @@ def test_step_operations_names_a_missing_plans_file(tmp_path):
 def test_mixing_cost_names_the_missing_dataset_json(tmp_path):
     plans = tmp_path / 'nnUNetPlans.json'
     plans.write_text(json.dumps({'configurations': {'2d': {'batch_size': 2, 'patch_size': [32, 32]}}}))
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'mixing_cost.py'), '--plans', str(plans),
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'cost', 'mixing_cost.py'), '--plans', str(plans),
                            '-c', '2d'], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode != 0
     assert str(tmp_path / 'dataset.json') in proc.stderr and 'next to its dataset.json' in proc.stderr
 
 
 def test_a_trimmed_prepared_dataset_measures_without_its_raw_data(nnunet_env, planned_2d, tmp_path):
-    """benchmarks/subset_prepared.py keeps a few cases; step_cost.py then runs on them alone (how a dataset
+    """benchmarks/gpu/subset_prepared.py keeps a few cases; step_cost.py then runs on them alone (how a dataset
     travels to a GPU machine)."""
     from nnunetv2_m3hl.unlabeled import preprocess_unlabeled, unlabeled_identifiers
     preprocess_unlabeled(planned_2d, '2d', verbose=False)
     source = nnunet_env / 'preprocessed' / planned_2d
-    script = os.path.join(ROOT, 'benchmarks', 'subset_prepared.py')
+    script = os.path.join(ROOT, 'benchmarks', 'gpu', 'subset_prepared.py')
     carried = tmp_path / 'carried'
     args = [sys.executable, script, str(source), str(carried), '-c', '2d', '--train', '2', '--val', '1',
             '--unlabeled', '2']
@@ -153,7 +153,7 @@ def test_a_trimmed_prepared_dataset_measures_without_its_raw_data(nnunet_env, pl
     env = dict(os.environ, nnUNet_raw=str(tmp_path / 'no_raw'), nnUNet_preprocessed=str(carried),
                nnUNet_results=str(tmp_path / 'results'))
     out = tmp_path / 'step_cost.json'
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'step_cost.py'), '--dataset',
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'cost', 'step_cost.py'), '--dataset',
                            planned_2d.split('_')[0][len('Dataset'):], '-c', '2d', '--steps', '1', '--warmup', '0',
                            '--skip-memory', '--skip-loading', '--cleanup-modes', 'sync', 'host_thread', '-o', str(out)],
                           capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)

@@ -20,6 +20,10 @@ def test_demo_trains_both_trainers_and_reports(tmp_path):
         assert len(os.listdir(out / 'predictions' / name)) >= 2
     assert summary['settings']['seed'] == 1 and summary['settings']['n_labeled'] == 2
     assert (out / 'overlays.png').stat().st_size > 0
+    # the output is the demo's summary; nnU-Net's own epoch and per-case lines go to the log it names
+    log = out / 'nnunet_log.txt'
+    assert str(log) in proc.stdout and 'Epoch 0' in log.read_text()
+    assert 'Epoch 0' not in proc.stdout and 'train_loss' not in proc.stdout
     assert len(os.listdir(out / 'nnUNet_raw' / 'Dataset990_M3HLPhantom' / 'imagesUnlabeledTr')) == 3
 
 

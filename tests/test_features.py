@@ -11,8 +11,8 @@ from conftest import saved_bytes_beyond
 from nnunetv2_m3hl.features import FeatureTap, high_level_loss, low_level_loss
 from nnunetv2_m3hl.teacher import make_teacher
 
-# benchmarks/operator_count.py counts the operations that the feature terms launch
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks'))
+# benchmarks/cost/step_operations.py counts the operations that the feature terms launch
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'benchmarks', 'cost'))
 
 
 def build(arch: str, dim: int):
@@ -162,7 +162,7 @@ def test_low_level_loss_in_small_chunks_is_the_same(dtype, batch_size):
 
 def operations_of_forward_and_backward(loss, batch_size: int, feature_shape) -> int:
     """Tensor operations of one forward and backward of a feature term on half-precision maps (caches warmed)."""
-    from operator_count import count_operations
+    from step_operations import count_operations
     teacher = torch.randn(batch_size, *feature_shape).half()
     student = torch.randn(batch_size, *feature_shape).half().requires_grad_()
     loss(student, teacher).backward()

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh's plumbing with the kit of benchmarks/gpu_kit.sh, on stand-ins for nvidia-smi and the
+"""benchmarks/gpu/gpu_check.sh's plumbing with the kit of benchmarks/gpu/gpu_kit.sh, on stand-ins for nvidia-smi and the
 benchmark scripts: what comes back from a device run is one archive that every finished measurement is in, and a
 failing measurement does not stop the others."""
 import os
@@ -47,7 +47,7 @@ def run_check(tmp_path, fail_script=None):
                M3HL_GPU_WORKDIR=str(tmp_path / 'work'))
     if fail_script:
         env['FAIL_SCRIPT'] = fail_script
-    proc = subprocess.run(['bash', 'benchmarks/gpu_check.sh', str(out)], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run(['bash', 'benchmarks/gpu/gpu_check.sh', str(out)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=120)
     return proc, out
 

@@ -1,4 +1,5 @@
 """``-pretrained_weights`` through nnU-Net's own entry path: what student and teacher hold at the first step."""
+import numpy as np
 import torch
 
 from nnunetv2.run.run_training import get_trainer_from_args, run_training
@@ -61,12 +62,23 @@ def test_other_labels_keep_nnunets_transfer_and_copy_the_student(nnunet_env, pla
     assert_equal_states(teacher, student)
 
 
-def test_warmup_variant_starts_from_the_pretrained_model_too(nnunet_env, planned_2d, tmp_path, first_step_states):
+def test_a_whole_pretrained_model_skips_the_warmup(nnunet_env, planned_2d, tmp_path, first_step_states):
     weights = pretrained_checkpoint(tmp_path / 'pretrained.pth')
     train_from('M3HLTrainer_test_warmup', tmp_path / 'pretrained.pth')
-    assert first_step_states['warmup']
+    # that teacher is trained already: the first step mixes, although the variant warms up for half its epochs
+    assert not first_step_states['warmup']
+    assert not any(np.isnan(first_step_states['mix_losses']))
     assert_equal_states(first_step_states['student'], weights)
     assert_equal_states(first_step_states['teacher'], weights)
+    fold = next((nnunet_env / 'results').rglob('M3HLTrainer_test_warmup__*/fold_0'))
+    final = torch.load(str(fold / 'checkpoint_final.pth'), weights_only=False)
+    assert final['m3hl']['warmup_ended_at'] == 0  # kept for --c
+
+
+def test_other_labels_keep_the_warmup(nnunet_env, planned_2d, tmp_path, first_step_states):
+    pretrained_checkpoint(tmp_path / 'other.pth', other_labels=True)
+    train_from('M3HLTrainer_test_warmup', tmp_path / 'other.pth')
+    assert first_step_states['warmup']
 
 
 def test_whole_model_state_decisions():

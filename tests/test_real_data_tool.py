@@ -11,7 +11,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 @pytest.fixture(scope='module')
 def real_data():
-    spec = importlib.util.spec_from_file_location('real_data', os.path.join(HERE, '..', 'benchmarks', 'real_data.py'))
+    spec = importlib.util.spec_from_file_location('real_data', os.path.join(HERE, '..', 'benchmarks', 'quality', 'real_data.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -108,7 +108,7 @@ def test_a_stopped_training_resumes_to_the_same_weights_as_an_unstopped_one(real
     import time
     import torch
     from nnunetv2_m3hl.checkpointing import load_checkpoint_safely
-    script = os.path.join(HERE, '..', 'benchmarks', 'real_data.py')
+    script = os.path.join(HERE, '..', 'benchmarks', 'quality', 'real_data.py')
     # 3 epochs of 4 iterations: the first is the supervised warm-up, the other two mix
     options = json.dumps(dict(dataset_id=901, configuration='2d', plans='nnUNetPlans', trainer='M3HLTrainer',
                               iterations=12, minutes=None, seed=3, device='cpu', pretrained=None,
@@ -149,3 +149,35 @@ def test_a_stopped_training_resumes_to_the_same_weights_as_an_unstopped_one(real
     log = open(os.path.join(fold(stopped), sorted(f for f in os.listdir(fold(stopped))
                                                  if f.startswith('training_log'))[-1])).read()
     assert 'resuming from checkpoint_latest.pth' in log
+
+
+def test_curves_png_shows_every_model_of_every_seed(real_data, tmp_path):
+    def training(n, m3hl):
+        t = {'validation_dice': list(np.linspace(0.1, 0.6, n)),
+             'validation_dice_per_class': [[0.1 * i, 0.2, 0.3] for i in range(n)]}
+        if m3hl:
+            t.update(mix_losses=[float('nan')] * 2 + [0.5] * (n - 2), high_losses=[0.1] * n, low_losses=[0.2] * n,
+                     pseudo_fg_share=[0.05] * n)
+        return t
+    store = {'runs': {s: {'models': {
+        'nnUNetTrainer': dict(model(0.4, {}), training=training(10, False)),
+        'M3HLTrainer': dict(model(0.5, {}), training=training(10, True)),
+        'M3HLTrainer (teacher)': dict(model(0.5, {}), training=training(10, True))}} for s in ('0', '1')}}
+    path = tmp_path / 'curves.png'
+    real_data.write_curves(store, str(path))
+    from PIL import Image
+    with Image.open(path) as image:
+        assert abs(image.height / image.width - 2 * 4.5 / 18) < 0.01  # one row per seed
+    assert not list(tmp_path.glob('*.tmp.png'))
+
+
+def test_epoch_times_of_the_mixing_epochs_against_nnunet(real_data):
+    nnunet = {'epoch_seconds': [10.0] * 8}
+    m3hl = {'epoch_seconds': [10.0, 10.0] + [14.0] * 4 + [16.0] * 2,
+            'mix_losses': [float('nan')] * 2 + [0.5] * 6}  # two warm-up epochs, then six mixing epochs
+    times = real_data.epoch_times(m3hl)
+    assert times == {'median': 14.0, 'first_quarter': 14.0, 'last_quarter': 16.0, 'epochs': 6}
+    store = {'runs': {'0': {'models': {'nnUNetTrainer': {'training': nnunet}, 'M3HLTrainer': {'training': m3hl},
+                                       'M3HLTrainer (teacher)': {'training': m3hl}}}}}
+    table = real_data.timing_table(store)
+    assert '| 0 | M3HLTrainer | 6 | 14.0 | 14.0 / 16.0 | 1.40 |' in table and '(teacher)' not in table

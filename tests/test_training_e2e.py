@@ -71,3 +71,14 @@ def test_3d_fullres_train_and_predict(nnunet_env, planned_3d, tmp_path):
              '-tr', 'M3HLTrainer_test', '-device', 'cpu', '-npp', 1, '-nps', 1])
     for image in images.iterdir():
         assert_same_geometry(image, tmp_path / 'pred' / image.name.replace('_0000.nii.gz', '.nii.gz'))
+
+
+def test_warmup_until_ready_ends_when_the_student_is_ready(nnunet_env, planned_2d):
+    run_cli(['nnUNetv2_train', 901, '2d', 0, '-tr', 'M3HLTrainer_test_readyWarmup', '-device', 'cpu'])
+    out = fold_folder(nnunet_env, planned_2d, '2d', 'M3HLTrainer_test_readyWarmup')
+    final = load_checkpoint_safely(str(out / 'checkpoint_final.pth'))
+    assert final['m3hl']['warmup_ended_at'] == 1  # ready after one epoch, before the cap of two
+    mix = np.array(final['logging']['mix_losses'], dtype=float)
+    assert np.isnan(mix[0]) and np.isfinite(mix[1:]).all()
+    log = open(sorted(out.glob('training_log_*.txt'))[-1]).read()
+    assert 'the student is ready after 1 supervised epochs' in log

@@ -503,8 +503,9 @@ class M3HLTrainer(nnUNetTrainer):
         checkpoint = load_checkpoint_safely(filename_or_checkpoint, map_location=self.device) \
             if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint
         m3hl = checkpoint.get('m3hl')
-        if m3hl is None:
-            # e.g. fine-tuning from an nnUNetTrainer checkpoint: the teacher starts as the loaded student
+        if m3hl is None or 'teacher_weights' not in m3hl:
+            # e.g. fine-tuning from an nnUNetTrainer checkpoint (or a teacher's own): the teacher starts as the loaded
+            # student
             self.print_to_log_file("checkpoint has no M3HL teacher; the teacher starts as a copy of the student")
             self.teacher.load_state_dict(unwrap_network(self.network).state_dict())
             return

@@ -1,11 +1,13 @@
 """Tensor operations per training step, by phase, for nnUNetTrainer and M3HLTrainer on any nnU-Net plans.
 
-    python benchmarks/step_operations.py --plans .../nnUNetPlans.json -c 2d [--batch 13] [--patch 256 224] -o ops.json
+    python benchmarks/cost/step_operations.py --plans .../nnUNetPlans.json -c 2d [--batch 13] [--patch 256 224] -o ops.json
 
 On a GPU every operation that is not a view is one kernel launch, and most of the M3HL step's bookkeeping
 (losses on small deep-supervision scales, the pseudo-label cleanup, masks, EMA) is made of kernels too small to
 hide their launch cost, so the number of operations, not their size, sets what those phases cost there. The count
-is the same on any device, so this script measures on the CPU what the step will launch on a GPU.
+is the same on any device, so this script measures on the CPU what the step will launch on a GPU. Its counter
+(``OperationCounter``, ``count_operations``) also counts the launches of single parts in ``lcc_cost.py`` and
+``mixing_cost.py``.
 
 Both trainers are built from the plans as ``memory_breakdown.py`` builds them (random batches, no data read) and run
 one step each, the M3HL step as the trainer runs it on CUDA: the pseudo-label cleanup with the torch propagation
@@ -16,20 +18,52 @@ that one package function or one nnU-Net call runs, named as the trainer compose
 import argparse
 import os
 import sys
+from collections import defaultdict
 from contextlib import contextmanager
 from typing import Callable, List, Tuple
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
 
-from memory_breakdown import add_plans_arguments, each_trainer, write_result  # noqa: E402
-from operator_count import OperationCounter  # noqa: E402
+from memory_breakdown import add_plans_arguments, each_trainer, in_phase, write_result  # noqa: E402
 
 import nnunetv2_m3hl.overlap as overlap_module  # noqa: E402
 from nnunetv2_m3hl.overlap import PseudoLabelCleanup, Ready  # noqa: E402
+
+
+
+class OperationCounter(TorchDispatchMode):
+    """Counts the operations that reach the backends, views left out (they launch no kernel), under the phase
+    label that ``labelled`` functions set while they run."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = defaultdict(int)
+        self.phase = 'other'
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view:
+            self.counts[self.phase] += 1
+        return func(*args, **(kwargs or {}))
+
+    def labelled(self, phase: str, fn: Callable) -> Callable:
+        """``fn`` with its operations counted under ``phase``."""
+        return in_phase(self, phase, fn)
+
+
+def count_operations(fn: Callable[[], object]) -> int:
+    """Operations dispatched by one call of ``fn``."""
+    with OperationCounter() as counter:
+        fn()
+    return counter.count
 
 
 @contextmanager
@@ -67,7 +101,7 @@ def step_phases(trainer, batch) -> Tuple[List[Tuple[object, str, str]], Callable
                 (trainer.teacher, 'forward', 'teacher forward'), (trainer, 'make_masks', 'masks'),
                 (trainer.mix_loss, 'forward', 'mix loss'),
                 (trainer.step_guard, 'all_ranks_finite', 'finiteness check')]
-    module_phases = [('hard_pseudo_labels', 'argmax pseudo-labels'), ('mix_images', 'mixing'),
+    module_phases = [('hard_pseudo_labels_and_confidence', 'argmax pseudo-labels'), ('mix_images', 'mixing'),
                      ('mix_targets', 'mixing'), ('downsample_for_deep_supervision', 'deep-supervision targets'),
                      ('high_level_loss', 'L_high'), ('low_level_loss', 'L_low'), ('ema_update', 'EMA update')]
     patches += [(m3hl_module, name, phase) for name, phase in module_phases]

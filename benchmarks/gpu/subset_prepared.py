@@ -1,7 +1,7 @@
 """Copy a few cases of a preprocessed nnU-Net dataset (labeled and unlabeled) into a new nnUNet_preprocessed
 folder, with plans, dataset.json and a fold-0 split that name only those cases.
 
-    python benchmarks/subset_prepared.py /scratch/acdc3/nnUNet_preprocessed/Dataset271_ACDC /carry/acdc3/nnUNet_preprocessed \
+    python benchmarks/gpu/subset_prepared.py /scratch/acdc3/nnUNet_preprocessed/Dataset271_ACDC /carry/acdc3/nnUNet_preprocessed \
         -c 2d --train 6 --val 2 --unlabeled 6
 
 Step costs do not depend on how many cases a dataset has, only on its plans (patch, batch, network) and on
@@ -18,7 +18,7 @@ import sys
 from typing import List
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 
 def case_files(folder: str, identifier: str) -> List[str]:
@@ -35,7 +35,7 @@ def subset_prepared(source: str, destination_base: str, configuration: str, plan
     for required in (plans_file, os.path.join(source, 'dataset.json'), os.path.join(source, 'splits_final.json')):
         if not os.path.isfile(required):
             sys.exit(f"{required} not found: {source} must be a dataset folder of nnUNet_preprocessed, planned and "
-                     f"preprocessed (e.g. by benchmarks/real_data.py --prepare-only)")
+                     f"preprocessed (e.g. by benchmarks/quality/real_data.py --prepare-only)")
     with open(plans_file) as f:
         plans = json.load(f)
     if configuration not in plans['configurations']:

@@ -1,10 +1,10 @@
 """Fixed cost of the M3HL step's data handling (block masks, mixing, deep-supervision targets) at a plan's
 batch and patch size, the package's functions side by side with the plain formulations they replace.
 
-    python benchmarks/mixing_cost.py --plans .../nnUNetPlans.json -c 2d [--device cuda] -o mixing_cost.json
+    python benchmarks/cost/mixing_cost.py --plans .../nnUNetPlans.json -c 2d [--device cuda] -o mixing_cost.json
 
 For each part it reports the median time over ``--repeats`` calls and the number of tensor operations
-dispatched, views left out (each a kernel launch on a GPU; ``operator_count.py``):
+dispatched, views left out (each a kernel launch on a GPU; ``step_operations.py``):
 
 - mixing: ``torch.where`` on the couple masks vs the blend ``M * x_u + (1 - M) * x_l``;
 - deep-supervision targets: strided views (scales that divide the patch, as nnU-Net plans them) vs
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform  # noqa: E402
 
-from operator_count import count_operations  # noqa: E402
+from step_operations import count_operations  # noqa: E402
 
 from nnunetv2_m3hl.mixing import (blocks_along_axes, block_index_per_voxel,  # noqa: E402
                                   downsample_for_deep_supervision, make_block_masks, mix_images, mix_targets,

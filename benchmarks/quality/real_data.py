@@ -1,8 +1,8 @@
 """M3HL against nnU-Net on real scans (ACDC, LA), with the published splits and the papers' metrics.
 
-    python benchmarks/real_data.py --dataset acdc --data /data/ACDC --labeled 3 --budget cpu \
+    python benchmarks/quality/real_data.py --dataset acdc --data /data/ACDC --labeled 3 --budget cpu \
         --workdir /scratch/acdc3 -o benchmarks/results/real_acdc3_cpu.json
-    python benchmarks/real_data.py --dataset la --data "/data/LA/2018LA_Seg_Training Set" --labeled 4 ...
+    python benchmarks/quality/real_data.py --dataset la --data "/data/LA/2018LA_Seg_Training Set" --labeled 4 ...
 
 One command per (dataset, labeled count); ``--seeds`` runs several seeds. The data folder is converted with the
 package's converter (either ACDC layout, either LA layout) into ``--workdir``, which holds its own nnUNet_raw,
@@ -35,7 +35,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 DATASETS = {
     # id, configuration, target spacing of the CPU budget (numpy axis order), converter
@@ -233,7 +233,9 @@ def trained_iterations(fold: str, checkpoint: str = 'checkpoint_final.pth') -> O
     from nnunetv2_m3hl.checkpointing import load_checkpoint_safely
     ckpt = load_checkpoint_safely(os.path.join(fold, checkpoint))
     logging = ckpt['logging']
-    out = {'epochs': int(ckpt['current_epoch']), 'trainer': ckpt.get('trainer_name')}
+    # an M3HL checkpoint names nnUNetTrainer for inference and keeps its own class under 'm3hl'
+    trainer = ckpt.get('m3hl', {}).get('trainer_name', ckpt.get('trainer_name'))
+    out = {'epochs': int(ckpt['current_epoch']), 'trainer': trainer}
     for key in ('train_losses', 'mix_losses', 'high_losses', 'low_losses', 'pseudo_fg_share'):
         if key in logging:
             out[key] = [float(v) for v in logging[key]]
@@ -368,9 +370,39 @@ def summarize(store: dict, dataset: str, labeled: int) -> str:
     return '\n'.join(lines)
 
 
+def epoch_times(training: dict) -> Optional[dict]:
+    """Median epoch time of a model's training (s) over its M3HL epochs (finite mix loss), or over all epochs for
+    other trainers, and the medians of the first and the last quarter of those epochs: is the cost flat?"""
+    seconds = np.array(training.get('epoch_seconds', []), dtype=float)
+    if not len(seconds):
+        return None
+    mix = np.array(training.get('mix_losses', [np.nan] * len(seconds)), dtype=float)[:len(seconds)]
+    chosen = seconds[np.isfinite(mix)] if np.isfinite(mix).any() else seconds
+    quarter = max(1, len(chosen) // 4)
+    return {'median': float(np.median(chosen)), 'first_quarter': float(np.median(chosen[:quarter])),
+            'last_quarter': float(np.median(chosen[-quarter:])), 'epochs': int(len(chosen))}
+
+
+def timing_table(store: dict) -> str:
+    """Markdown table: per seed and model, the epoch times and their ratio to nnUNetTrainer's median."""
+    lines = ["| seed | model | epochs timed | median epoch (s) | first / last quarter (s) | ratio to nnUNetTrainer |",
+             '|---' * 6 + '|']
+    for seed in sorted(store['runs'], key=int):
+        models = store['runs'][seed]['models']
+        base = epoch_times(models['nnUNetTrainer'].get('training', {})) if 'nnUNetTrainer' in models else None
+        for m, v in models.items():
+            t = epoch_times(v.get('training', {}))
+            if t is None or '(teacher)' in m:
+                continue
+            ratio = f"{t['median'] / base['median']:.2f}" if base else ''
+            lines.append(f"| {seed} | {m} | {t['epochs']} | {t['median']:.1f} | {t['first_quarter']:.1f} / "
+                         f"{t['last_quarter']:.1f} | {ratio} |")
+    return '\n'.join(lines)
+
+
 def package_commit() -> str:
     """The package's git commit, with ``+changes`` when the working tree differs from it."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -500,9 +532,11 @@ def main(argv: Optional[List[str]] = None) -> None:
                     log(f"seed {seed}: {model}: {'plateaued' if verdict['plateaued'] else 'NOT plateaued'} "
                         f"({verdict['rule']}: {100 * verdict['last']:.2f} against {100 * verdict['before']:.2f})")
             store['table'] = summarize(store, args.dataset, args.labeled)
+            store['timing_table'] = timing_table(store)
             save(store, args.output)
             write_curves(store, os.path.splitext(args.output)[0] + '_curves.png')
     print(summarize(store, args.dataset, args.labeled))
+    print(timing_table(store))
 
 
 if __name__ == '__main__':

@@ -1,8 +1,8 @@
 """Cost of the whole-file check (``nnUNetv2_m3hl_check_dataset``) against a plain SimpleITK read of the same
 files, on the demo's synthetic dataset (default) or on any raw dataset folder.
 
-    python benchmarks/integrity_cost.py                       # demo dataset: 4 labeled, 40 unlabeled, 12 test
-    python benchmarks/integrity_cost.py --raw $nnUNet_raw/Dataset271_ACDC
+    python benchmarks/cost/integrity_cost.py                       # demo dataset: 4 labeled, 40 unlabeled, 12 test
+    python benchmarks/cost/integrity_cost.py --raw $nnUNet_raw/Dataset271_ACDC
 """
 import argparse
 import json
@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Where the extra memory of an M3HL step goes, on any nnU-Net plans, without a GPU.
 
-    python benchmarks/memory_breakdown.py --plans .../nnUNetPlans.json -c 3d_fullres -o breakdown.json
-    python benchmarks/memory_breakdown.py --plans ... -c 2d --patch 128 112 --batch 4     # smaller, same layers
+    python benchmarks/cost/memory_breakdown.py --plans .../nnUNetPlans.json -c 3d_fullres -o breakdown.json
+    python benchmarks/cost/memory_breakdown.py --plans ... -c 2d --patch 128 112 --batch 4     # smaller, same layers
 
 Builds ``nnUNetTrainer`` and ``M3HLTrainer`` from the plans (no data is read: the batches are random, the
 labels random classes), runs one training step of each as the trainers do (float16 autocast on CUDA, float32
@@ -21,16 +21,27 @@ import sys
 import tempfile
 from collections import defaultdict
 from contextlib import contextmanager
+from typing import Callable
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
 
-from operator_count import in_phase  # noqa: E402
-
 MB = 2 ** 20
+
+
+def in_phase(recorder, phase: str, fn: Callable) -> Callable:
+    """``fn`` with ``recorder.phase`` set to ``phase`` while it runs (whatever the recorder counts is then
+    attributed to that phase)."""
+    def wrapped(*args, **kwargs):
+        previous, recorder.phase = recorder.phase, phase
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            recorder.phase = previous
+    return wrapped
 
 
 class SavedTensorLedger:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# GPU check. Usage: bash benchmarks/gpu_check.sh [OUTPUT_DIR]        (run from the repository root)
+# GPU check. Usage: bash benchmarks/gpu/gpu_check.sh [OUTPUT_DIR]        (run from the repository root)
 #
 # With real data (the benchmark datasets on the GPU machine):
-#   M3HL_ACDC=/data/ACDC M3HL_LA="/data/LA/2018LA_Seg_Training Set" bash benchmarks/gpu_check.sh
+#   M3HL_ACDC=/data/ACDC M3HL_LA="/data/LA/2018LA_Seg_Training Set" bash benchmarks/gpu/gpu_check.sh
 # runs, at nnU-Net's native plans: the step cost on ACDC 2d and LA 3d_fullres with every pseudo-label cleanup
 # mode (teacher_side_stream also for its peak memory), where the extra memory goes (memory_breakdown.py), the
 # cost of masks, mixing and deep-supervision targets (mixing_cost.py) and a profile of both steps by phase
@@ -12,16 +12,16 @@
 # on synthetic phantoms.
 # Where the raw data cannot travel to the GPU machine, carry the prepared datasets instead, trimmed to a few cases
 # (the step costs depend on the plans, not on the number of cases):
-#   python benchmarks/real_data.py --dataset acdc --data /data/ACDC --labeled 3 --budget gpu --prepare-only --workdir W/acdc3
-#   python benchmarks/real_data.py --dataset la --data /data/LA --labeled 4 --budget gpu --prepare-only --workdir W/la4
-#   python benchmarks/subset_prepared.py W/acdc3/nnUNet_preprocessed/Dataset271_ACDC C/acdc3/nnUNet_preprocessed -c 2d
-#   python benchmarks/subset_prepared.py W/la4/nnUNet_preprocessed/Dataset281_LA C/la4/nnUNet_preprocessed -c 3d_fullres
-#   M3HL_PREPARED=C bash benchmarks/gpu_check.sh          # the same measurements, without the ACDC training
+#   python benchmarks/quality/real_data.py --dataset acdc --data /data/ACDC --labeled 3 --budget gpu --prepare-only --workdir W/acdc3
+#   python benchmarks/quality/real_data.py --dataset la --data /data/LA --labeled 4 --budget gpu --prepare-only --workdir W/la4
+#   python benchmarks/gpu/subset_prepared.py W/acdc3/nnUNet_preprocessed/Dataset271_ACDC C/acdc3/nnUNet_preprocessed -c 2d
+#   python benchmarks/gpu/subset_prepared.py W/la4/nnUNet_preprocessed/Dataset281_LA C/la4/nnUNet_preprocessed -c 3d_fullres
+#   M3HL_PREPARED=C bash benchmarks/gpu/gpu_check.sh          # the same measurements, without the ACDC training
 # Both variants were sized to fit 10 minutes of one H100/H200 before the profiles and the compiled step costs were
 # added (not timed since); the compiled step costs come last, and every measurement writes its own files, so a run
 # stopped at the limit keeps what it finished.
-# On a GPU machine without nnU-Net, carry the folder that benchmarks/gpu_kit.sh builds (the packages and the prepared
-# datasets) and run  M3HL_KIT=gpu_kit bash benchmarks/gpu_check.sh "$OUT"  (the same as M3HL_PREPARED).
+# On a GPU machine without nnU-Net, carry the folder that benchmarks/gpu/gpu_kit.sh builds (the packages and the prepared
+# datasets) and run  M3HL_KIT=gpu_kit bash benchmarks/gpu/gpu_check.sh "$OUT"  (the same as M3HL_PREPARED).
 set -euo pipefail
 dest=${1:-${OUT:-gpu_check_out}}
 work=${M3HL_GPU_WORKDIR:-$(mktemp -d)}
@@ -55,22 +55,22 @@ pack
 
 lcc_cost() {
     echo "== [${SECONDS}s] pseudo-label cleanup (largest connected component) on CUDA, earlier and current forms, host path"
-    measure 40 "$out/lcc_cost_cuda.log" python3 benchmarks/lcc_cost.py --device cuda -o "$out/lcc_cost_cuda.json"
+    measure 40 "$out/lcc_cost_cuda.log" python3 benchmarks/cost/lcc_cost.py --device cuda -o "$out/lcc_cost_cuda.json"
 }
 
 real_step_cost() {  # dataset id, configuration, folder of the prepared nnU-Net environment, name
     measure 8 "$out/step_cost_$4_cuda.log" env nnUNet_raw="$3/nnUNet_raw" nnUNet_preprocessed="$3/nnUNet_preprocessed" \
         nnUNet_results="$3/step_cost_results" nnUNet_compile=f \
-        python3 benchmarks/step_cost.py --device cuda --dataset "$1" -c "$2" --steps 15 --warmup 3 \
+        python3 benchmarks/cost/step_cost.py --device cuda --dataset "$1" -c "$2" --steps 15 --warmup 3 \
         --cleanup-modes sync side_stream host_thread teacher_side_stream --memory-cleanup-modes teacher_side_stream \
         --skip-loading -o "$out/step_cost_$4_cuda.json"
     local plans
     plans=$(ls "$3"/nnUNet_preprocessed/Dataset"$1"_*/nnUNetPlans.json)
-    measure 4 "$out/memory_breakdown_$4_cuda.log" python3 benchmarks/memory_breakdown.py --device cuda \
+    measure 4 "$out/memory_breakdown_$4_cuda.log" python3 benchmarks/cost/memory_breakdown.py --device cuda \
         --plans "$plans" -c "$2" -o "$out/memory_breakdown_$4_cuda.json"
-    measure 12 "$out/mixing_cost_$4_cuda.log" python3 benchmarks/mixing_cost.py --device cuda --plans "$plans" -c "$2" \
+    measure 12 "$out/mixing_cost_$4_cuda.log" python3 benchmarks/cost/mixing_cost.py --device cuda --plans "$plans" -c "$2" \
         -o "$out/mixing_cost_$4_cuda.json"
-    measure 26 "$out/step_profile_$4_cuda.log" python3 benchmarks/step_profile.py --device cuda --plans "$plans" \
+    measure 26 "$out/step_profile_$4_cuda.log" python3 benchmarks/cost/step_profile.py --device cuda --plans "$plans" \
         -c "$2" -o "$out/step_profile_$4_cuda.json"
 }
 
@@ -78,7 +78,7 @@ compiled_step_cost() {  # the same step cost with torch.compile on for both trai
     echo "== [${SECONDS}s] step cost with torch.compile, $4"
     measure 4 "$out/step_cost_$4_compiled_cuda.log" env nnUNet_raw="$3/nnUNet_raw" \
         nnUNet_preprocessed="$3/nnUNet_preprocessed" nnUNet_results="$3/step_cost_results" nnUNet_compile=t \
-        python3 benchmarks/step_cost.py --device cuda --dataset "$1" -c "$2" --steps 10 --warmup 3 \
+        python3 benchmarks/cost/step_cost.py --device cuda --dataset "$1" -c "$2" --steps 10 --warmup 3 \
         --cleanup-modes side_stream --skip-memory --skip-loading -o "$out/step_cost_$4_compiled_cuda.json"
 }
 
@@ -101,13 +101,13 @@ fi
 if [ -n "${M3HL_ACDC:-}" ] || [ -n "${M3HL_LA:-}" ]; then
     if [ -n "${M3HL_ACDC:-}" ]; then
         echo "== real ACDC, 3 labeled patients, native 2d plans"
-        python3 benchmarks/real_data.py --dataset acdc --data "$M3HL_ACDC" --labeled 3 --budget gpu --minutes 1.5 \
+        python3 benchmarks/quality/real_data.py --dataset acdc --data "$M3HL_ACDC" --labeled 3 --budget gpu --minutes 1.5 \
             --workdir "$work/acdc3" -o "$out/real_acdc3_gpu.json" 2>&1 | tee "$out/real_acdc3_gpu.log" | tail -n 12
         real_step_cost 271 2d "$work/acdc3" acdc_2d
     fi
     if [ -n "${M3HL_LA:-}" ]; then
         echo "== real LA, 4 labeled scans, native 3d_fullres plans (step cost only)"
-        python3 benchmarks/real_data.py --dataset la --data "$M3HL_LA" --labeled 4 --budget gpu --prepare-only \
+        python3 benchmarks/quality/real_data.py --dataset la --data "$M3HL_LA" --labeled 4 --budget gpu --prepare-only \
             --workdir "$work/la4" -o "$out/real_la4_gpu.json" > "$out/real_la4_prepare.log" 2>&1
         real_step_cost 281 3d_fullres "$work/la4" la_3d
     fi
@@ -118,7 +118,7 @@ fi
 lcc_cost
 export nnUNet_raw=$work/raw nnUNet_preprocessed=$work/preprocessed nnUNet_results=$work/results
 echo "== step cost on CUDA, synthetic phantoms (compile off, both trainers alike)"
-nnUNet_compile=f python3 benchmarks/step_cost.py --device cuda --configurations 2d 3d_fullres --steps 20 \
+nnUNet_compile=f python3 benchmarks/cost/step_cost.py --device cuda --configurations 2d 3d_fullres --steps 20 \
     --cleanup-modes sync side_stream host_thread teacher_side_stream --workdir "$work" -o "$out/step_cost_cuda.json" \
     2>&1 | tee "$out/step_cost_cuda.log"
 

@@ -1,9 +1,9 @@
 """Per-iteration cost of M3HLTrainer vs nnUNetTrainer on identical plans and batches, data loading
 excluded, measured side by side (interleaved) in one process.
 
-    python benchmarks/step_cost.py                      # CPU, 2d and 3d_fullres
-    python benchmarks/step_cost.py --device cuda        # on a GPU
-    python benchmarks/step_cost.py --dataset 271 -c 2d [-p nnUNetPlans]   # any planned dataset
+    python benchmarks/cost/step_cost.py                      # CPU, 2d and 3d_fullres
+    python benchmarks/cost/step_cost.py --device cuda        # on a GPU
+    python benchmarks/cost/step_cost.py --dataset 271 -c 2d [-p nnUNetPlans]   # any planned dataset
 
 Without ``--dataset`` it writes a synthetic dataset into a temporary nnU-Net environment (or --workdir) and
 plans it; with ``--dataset`` it uses the dataset as planned and preprocessed in the current nnUNet_raw /
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 
 # the function behind nnUNetv2_plan_and_preprocess, callable where console scripts are not installed
@@ -50,7 +50,7 @@ def prepare(args, configuration: str) -> int:
         from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
         if os.path.isdir(os.path.join(nnUNet_raw or '', maybe_convert_to_dataset_name(args.dataset))):
             preprocess_unlabeled(args.dataset, configuration, args.plans, num_processes=2, verbose=False)
-        # else: a dataset carried as preprocessed only (benchmarks/subset_prepared.py), used as it is
+        # else: a dataset carried as preprocessed only (benchmarks/gpu/subset_prepared.py), used as it is
         return int(args.dataset) if str(args.dataset).isdigit() else args.dataset
     return prepare_synthetic(args.workdir, configuration)
 

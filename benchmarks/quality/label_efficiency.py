@@ -1,7 +1,7 @@
 """Label efficiency on the synthetic task: M3HL trainers vs nnUNetTrainer at equal iterations, for several
 labeled counts and seeds; mean and spread of the test Dice.
 
-    python benchmarks/label_efficiency.py --labeled 2 4 8 --seeds 0 1 2 -o results/label_efficiency.json
+    python benchmarks/quality/label_efficiency.py --labeled 2 4 8 --seeds 0 1 2 -o results/label_efficiency.json
 
 Each (labeled count, seed) generates its own dataset (the seed also changes the phantoms), trains every
 trainer with the same budget and evaluates all of them on the same test cases; an M3HL trainer is scored
@@ -19,7 +19,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 BASELINE = 'nnUNetTrainer'
 
@@ -204,7 +204,7 @@ def export_demo_reference(results_path: str, out: str, renamed: Optional[Dict[st
     trainers = list(dict.fromkeys(measured_as.get(name, name) for r in runs for name in r['mean_dice']
                                   if not name.endswith(' (teacher)')))
     trainers.sort(key=lambda name: name != 'nnUNetTrainer')
-    command = (f"python benchmarks/label_efficiency.py --labeled {DEFAULT_SETTINGS['n_labeled']} --seeds "
+    command = (f"python benchmarks/quality/label_efficiency.py --labeled {DEFAULT_SETTINGS['n_labeled']} --seeds "
                f"{' '.join(str(r['seed']) for r in runs)} --epochs {a['epochs']} --iterations {a['iterations']} "
                f"--device {a['device']} --trainers {' '.join(trainers)}")
     with open(out + '.tmp', 'w') as f:

@@ -1,7 +1,7 @@
 """Where a training step's time goes, by phase, on the device and on the host, for nnUNetTrainer and M3HLTrainer on
 any nnU-Net plans (torch.profiler).
 
-    python benchmarks/step_profile.py --plans .../nnUNetPlans.json -c 2d --device cuda [--steps 2] -o profile.json
+    python benchmarks/cost/step_profile.py --plans .../nnUNetPlans.json -c 2d --device cuda [--steps 2] -o profile.json
 
 ``step_cost.py`` times whole steps and, apart, each phase behind a synchronisation; this script profiles whole
 steps as the trainers run them, so that overlapping streams and the host's launch gaps stay as they are. Each
@@ -29,7 +29,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
 
 from memory_breakdown import add_plans_arguments, each_trainer, write_result  # noqa: E402

@@ -1,8 +1,8 @@
 """Cost of the largest-connected-component cleanup of pseudo-labels with the torch backend (the one
 used on GPUs), against its earlier form, on the same label maps.
 
-    python benchmarks/lcc_cost.py --device cuda -o benchmarks/results/lcc_cost_cuda.json
-    python benchmarks/lcc_cost.py --device cpu  -o benchmarks/results/lcc_cost_cpu.json
+    python benchmarks/cost/lcc_cost.py --device cuda -o benchmarks/results/lcc_cost_cuda.json
+    python benchmarks/cost/lcc_cost.py --device cpu  -o benchmarks/results/lcc_cost_cpu.json
 
 Forms of the same algorithm (label propagation by 3x3(x3) max-pooling; the convergence check, one host
 synchronisation, after 8 iterations and then every 2):
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from dataset_conversion.synthetic import make_phantom  # noqa: E402
-from operator_count import count_operations  # noqa: E402
+from step_operations import count_operations  # noqa: E402
 from nnunetv2_m3hl.overlap import host_cleanup_threads  # noqa: E402
 from nnunetv2_m3hl.teacher import _keep_largest_torch, largest_component_per_class_numpy  # noqa: E402
 
