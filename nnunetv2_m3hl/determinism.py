@@ -58,13 +58,14 @@ class IndexSeededBatches:
     With ``n`` workers, worker ``t`` makes batches ``start + t``, ``start + t + n``, ... and the augmenter hands them
     out round-robin, i.e. in index order."""
 
-    def __init__(self, generate: Callable, seed: int, start: int, n_workers: int):
-        self.generate, self.seed, self.start, self.n_workers = generate, seed, start, max(1, n_workers)
+    def __init__(self, loader, generate: Callable, seed: int, start: int, n_workers: int):
+        self.loader, self.generate = loader, generate
+        self.seed, self.start, self.n_workers = seed, start, max(1, n_workers)
         self.made = 0
 
     def __call__(self):
-        thread = getattr(self._loader, 'thread_id', 0) if hasattr(self, '_loader') else 0
-        index = self.start + thread + self.made * self.n_workers
+        # the augmenter sets the worker's thread id on its copy of the loader
+        index = self.start + getattr(self.loader, 'thread_id', 0) + self.made * self.n_workers
         self.made += 1
         np.random.seed(np.random.SeedSequence([self.seed, index]).generate_state(1)[0])
         return self.generate()
@@ -75,9 +76,7 @@ def seed_batches_by_index(loader, seed: int, start: int, n_workers: int) -> None
     generate = loader.generate_train_batch
     if isinstance(generate, IndexSeededBatches):
         generate = generate.generate
-    seeder = IndexSeededBatches(generate, seed, start, n_workers)
-    seeder._loader = loader
-    loader.generate_train_batch = seeder
+    loader.generate_train_batch = IndexSeededBatches(loader, generate, seed, start, n_workers)
 
 
 class FixedBatches:
@@ -155,5 +154,7 @@ def make_loading_deterministic(trainer, seed: int, fixed_validation_batches: boo
 
 
 def seed_everything_at(seed: int) -> None:
+    """Reseed the training process's torch and numpy generators (at every epoch start: a resumed run draws the same
+    masks as an unstopped one)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2 ** 32)
