@@ -36,6 +36,35 @@ def test_summary_pairs_models_with_the_baseline_per_seed(real_data):
     assert any('BCP' in line and '87.59' in line for line in table)
 
 
+def test_summary_gives_the_validation_dice_and_its_gain_where_scored(real_data):
+    store = {'runs': {'0': {'models': {
+        'nnUNetTrainer': dict(model(0.40, {'a': 0.4}), validation=model(0.60, {'v': 0.6})),
+        'M3HLTrainer': dict(model(0.50, {'a': 0.5}), validation=model(0.65, {'v': 0.65})),
+        'M3HLTrainer_reference': model(0.30, {'a': 0.3})}}}}
+    table = real_data.summarize(store, 'acdc', 3).splitlines()
+    assert 'validation Dice (%)' in table[0]
+    assert next(line for line in table if line.startswith('| M3HLTrainer |')).endswith('| 65.00 ± 0.00 | +5.00 ± 0.00 |')
+    assert next(line for line in table if line.startswith('| M3HLTrainer_reference |')).endswith('|  |  |')
+
+
+def test_the_validation_split_is_fold_0s_validation_cases_linked_from_the_raw_data(real_data, tmp_path):
+    import json
+    raw, pre = tmp_path / 'raw' / 'Dataset271_ACDC', tmp_path / 'pre' / 'Dataset271_ACDC'
+    for folder in (raw / 'imagesTr', raw / 'labelsTr', pre):
+        folder.mkdir(parents=True)
+    for case in ('p1', 'p2', 'p3'):
+        (raw / 'imagesTr' / f'{case}_0000.nii.gz').write_text(case)
+        (raw / 'labelsTr' / f'{case}.nii.gz').write_text(case)
+    (raw / 'dataset.json').write_text(json.dumps({'file_ending': '.nii.gz', 'channel_names': {'0': 'MRI'}}))
+    (pre / 'splits_final.json').write_text(json.dumps([{'train': ['p1'], 'val': ['p2', 'p3']}]))
+    env = {'nnUNet_raw': str(tmp_path / 'raw'), 'nnUNet_preprocessed': str(tmp_path / 'pre')}
+    images, labels = real_data.validation_split_folders(env, 'Dataset271_ACDC', str(tmp_path / 'work'))
+    assert sorted(os.listdir(images)) == ['p2_0000.nii.gz', 'p3_0000.nii.gz']
+    assert sorted(os.listdir(labels)) == ['p2.nii.gz', 'p3.nii.gz']
+    assert open(os.path.join(labels, 'p3.nii.gz')).read() == 'p3'
+    assert real_data.validation_split_folders(env, 'Dataset271_ACDC', str(tmp_path / 'work')) == (images, labels)
+
+
 def _train_calls(real_data, monkeypatch):
     import json
     calls = []

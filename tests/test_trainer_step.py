@@ -5,6 +5,7 @@ import torch
 
 from nnunetv2.run.run_training import get_trainer_from_args
 from nnunetv2_m3hl.checkpointing import load_checkpoint_safely
+from nnunetv2_m3hl.trainers import m3hl_trainer
 from nnunetv2_m3hl.unlabeled import preprocess_unlabeled
 
 
@@ -202,3 +203,36 @@ def test_the_stored_trainer_name_is_one_plain_nnunet_resolves(nnunet_env, planne
         assert saved['trainer_name'] == 'nnUNetTrainer' and saved['m3hl']['trainer_name'] == 'M3HLTrainer_test'
     # the stored name changes nothing for --c: the checkpoint loads into the M3HL trainer with its teacher
     trainer.load_checkpoint(str(tmp_path / 'checkpoint_final.pth'))
+
+
+def test_with_the_weak_view_the_teacher_sees_the_weak_half_and_the_student_mixes_the_strong_one(nnunet_env,
+                                                                                                  planned_2d):
+    trainer = make_trainer(planned_2d)
+    trainer.teacher_sees_weak_view = True
+    assert trainer.m3hl_settings()['teacher_sees_weak_view'] is True
+    labeled, unlabeled = batches(trainer)
+    channels = labeled['data'].shape[1]
+    assert unlabeled.shape[1] == 2 * channels
+    strong, weak = unlabeled[:, :channels], unlabeled[:, channels:]
+    seen = {}
+    teacher_pass, mix_images = trainer.teacher_pass, m3hl_trainer.mix_images
+
+    def record_teacher(x):
+        seen['teacher'] = x.clone()
+        return teacher_pass(x)
+
+    def record_mix(x_l, x_u, masks):
+        seen['student'] = x_u.clone()
+        return mix_images(x_l, x_u, masks)
+    trainer.teacher_pass = record_teacher
+    m3hl_trainer.mix_images = record_mix
+    try:
+        trainer.warmup_ended_at = 0
+        trainer.dataloader_unlabeled = iter([{'data': unlabeled}])
+        out = trainer.train_step({'data': labeled['data'], 'target': labeled['target']})
+    finally:
+        m3hl_trainer.mix_images = mix_images
+    assert np.isfinite(out['loss'])
+    n = seen['teacher'].shape[0]
+    assert torch.equal(seen['teacher'], weak[torch.arange(n) % weak.shape[0]])
+    assert torch.equal(seen['student'], strong[torch.arange(n) % strong.shape[0]])

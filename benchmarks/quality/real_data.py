@@ -321,33 +321,72 @@ def expected_models(spec: str) -> List[str]:
     return [stage_name(spec, s) for s in stages[:-1]] + [spec]
 
 
+def validation_split_folders(env: Dict[str, str], dataset_name: str, workdir: str) -> tuple:
+    """(images, labels) folders of fold 0's validation cases (ACDC: the protocol's validation patients; LA:
+    nnU-Net's fold 0), as links into nnUNet_raw, made once."""
+    folder = os.path.join(workdir, 'validation_split')
+    images, labels = os.path.join(folder, 'images'), os.path.join(folder, 'labels')
+    if os.path.isdir(folder):
+        return images, labels
+    raw = os.path.join(env['nnUNet_raw'], dataset_name)
+    splits = json.load(open(os.path.join(env['nnUNet_preprocessed'], dataset_name, 'splits_final.json')))
+    dataset = json.load(open(os.path.join(raw, 'dataset.json')))
+    ending, channels = dataset['file_ending'], len(dataset['channel_names'])
+    tmp = f'{folder}.tmp{os.getpid()}'
+    os.makedirs(os.path.join(tmp, 'images'))
+    os.makedirs(os.path.join(tmp, 'labels'))
+    for case in splits[0]['val']:
+        for c in range(channels):
+            name = f'{case}_{c:04d}{ending}'
+            os.symlink(os.path.join(raw, 'imagesTr', name), os.path.join(tmp, 'images', name))
+        os.symlink(os.path.join(raw, 'labelsTr', case + ending), os.path.join(tmp, 'labels', case + ending))
+    os.replace(tmp, folder)
+    return images, labels
+
+
 def predict_and_score(model: str, fold: str, checkpoint: str, env: Dict[str, str], args, dataset_name: str,
-                      seed: int) -> dict:
+                      seed: int, split: str = 'test') -> dict:
+    """Predict ``split`` (the official test set, or fold 0's validation cases) with one model and evaluate it in the
+    papers' convention."""
     from nnunetv2_m3hl.evaluation import evaluate_folders
     cfg = DATASETS[args.dataset]
     raw = os.path.join(env['nnUNet_raw'], dataset_name)
+    if split == 'test':
+        images, labels = os.path.join(raw, 'imagesTs'), os.path.join(raw, 'labelsTs')
+    else:
+        images, labels = validation_split_folders(env, dataset_name, args.workdir)
     slug = spec_slug(model).replace(' (teacher)', '_teacher').replace(' (first stage of ', '_stage1_of_') \
         .rstrip(')')
-    out = os.path.join(args.workdir, 'predictions', f'seed{seed}', slug)
-    expected = sorted(os.listdir(os.path.join(raw, 'labelsTs')))
+    out = os.path.join(args.workdir, 'predictions', plans_name(args.budget), split, f'seed{seed}', slug)
+    expected = sorted(os.listdir(labels))
     if not all(os.path.isfile(os.path.join(out, f)) for f in expected):
-        log(f"seed {seed}: predicting the test set with {model}")
+        log(f"seed {seed}: predicting the {split} cases with {model}")
         trainer = os.path.basename(os.path.dirname(fold)).split('__')[0]
-        run([os.path.join(os.path.dirname(sys.executable), 'nnUNetv2_predict'), '-i', os.path.join(raw, 'imagesTs'),
+        run([os.path.join(os.path.dirname(sys.executable), 'nnUNetv2_predict'), '-i', images,
              '-o', out, '-d', str(cfg['id']), '-c', cfg['configuration'], '-f', '0', '-tr', trainer,
              '-p', plans_name(args.budget), '-chk', checkpoint, '-device', args.device, '-npp', '1', '-nps', '1',
-             '--disable_progress_bar'], env, os.path.join(args.workdir, 'logs', f'predict_seed{seed}_{slug}.log'))
-    metrics = evaluate_folders(os.path.join(raw, 'labelsTs'), out, os.path.join(out, 'metrics.json'),
+             '--disable_progress_bar'], env,
+            os.path.join(args.workdir, 'logs', f'predict_{split}_seed{seed}_{slug}.log'))
+    metrics = evaluate_folders(labels, out, os.path.join(out, 'metrics.json'),
                                convention='paper', largest_component=args.dataset == 'la', verbose=False)
     return metrics
 
 
+def scores(metrics: dict) -> dict:
+    """What the results JSON keeps of one evaluation."""
+    return {'mean': metrics['mean'], 'per_class': metrics['per_class'],
+            'per_case_dice': {case: float(np.mean([v['dice'] for v in per_class.values()]))
+                              for case, per_class in metrics['per_case'].items()}}
+
+
 def summarize(store: dict, dataset: str, labeled: int) -> str:
-    """Markdown table: per model, mean ± std over seeds of the four metrics and of the Dice gain."""
+    """Markdown table: per model, mean ± std over seeds of the four test metrics and of the Dice gain, and the Dice
+    on the validation cases (what a setting is chosen on) with its gain."""
     runs = store['runs']
     models = sorted({m for r in runs.values() for m in r['models']}, key=lambda m: (m != 'nnUNetTrainer', m))
     lines = ["| model | seeds | Dice (%) | Jaccard (%) | 95HD (voxels) | ASD (voxels) | Dice gain over "
-             "nnUNetTrainer (points) | cases better / worse | Dice per class (%) |", '|---' * 9 + '|']
+             "nnUNetTrainer (points) | cases better / worse | Dice per class (%) | validation Dice (%) | "
+             "validation gain (points) |", '|---' * 11 + '|']
     for m in models:
         per_seed = [r['models'][m] for r in runs.values() if m in r['models']]
         values = {k: np.array([p['mean'][k] for p in per_seed]) for k in ('dice', 'jaccard', 'hd95', 'asd')}
@@ -363,10 +402,17 @@ def summarize(store: dict, dataset: str, labeled: int) -> str:
         cases = f"{better} / {worse}" if gains else ''
         classes = sorted({c for p in per_seed for c in p.get('per_class', {})}, key=int)
         per_class = ' / '.join(f"{100 * np.mean([p['per_class'][c]['dice'] for p in per_seed]):.1f}" for c in classes)
+        validation = np.array([p['validation']['mean']['dice'] for p in per_seed if 'validation' in p])
+        validation_gains = [100 * (r['models'][m]['validation']['mean']['dice']
+                                   - r['models']['nnUNetTrainer']['validation']['mean']['dice'])
+                            for r in runs.values() if m != 'nnUNetTrainer' and m in r['models']
+                            and 'validation' in r['models'][m] and 'validation' in r['models'].get('nnUNetTrainer', {})]
         lines.append(f"| {m} | {len(per_seed)} | {fmt(values['dice'])} | {fmt(values['jaccard'])} | "
-                     f"{fmt(values['hd95'], 1)} | {fmt(values['asd'], 1)} | {gain} | {cases} | {per_class} |")
+                     f"{fmt(values['hd95'], 1)} | {fmt(values['asd'], 1)} | {gain} | {cases} | {per_class} | "
+                     f"{fmt(validation) if len(validation) else ''} | "
+                     f"{f'{np.mean(validation_gains):+.2f} ± {np.std(validation_gains):.2f}' if validation_gains else ''} |")
     for name, dice in ANCHORS.get((dataset, labeled), []):
-        lines.append(f"| {name}, published ({ANCHOR_BUDGET[dataset]}) | | {dice:.2f} | | | | | | |")
+        lines.append(f"| {name}, published ({ANCHOR_BUDGET[dataset]}) | | {dice:.2f} | | | | | | | | |")
     return '\n'.join(lines)
 
 
@@ -510,23 +556,28 @@ def main(argv: Optional[List[str]] = None) -> None:
     for seed in args.seeds:
         entry = store['runs'].setdefault(str(seed), {'models': {}})
         for spec in args.trainers:
-            if all(m in entry['models'] for m in expected_models(spec)):
+            if all(m in entry['models'] and 'validation' in entry['models'][m] for m in expected_models(spec)):
                 continue
             t0 = time.time()
             models, spec_env = train_spec(spec, args, dataset_name, seed)
             train_seconds = time.time() - t0
             for model, (fold, checkpoint) in models.items():
                 if model in entry['models']:
+                    if 'validation' not in entry['models'][model]:
+                        # a model scored before the validation split was: score it there too
+                        entry['models'][model]['validation'] = scores(predict_and_score(
+                            model, fold, checkpoint, spec_env, args, dataset_name, seed, 'validation'))
                     continue
                 metrics = predict_and_score(model, fold, checkpoint, spec_env, args, dataset_name, seed)
                 entry['models'][model] = {
-                    'mean': metrics['mean'], 'per_class': metrics['per_class'],
-                    'per_case_dice': {case: float(np.mean([v['dice'] for v in per_class.values()]))
-                                      for case, per_class in metrics['per_case'].items()},
+                    **scores(metrics),
+                    'validation': scores(predict_and_score(model, fold, checkpoint, spec_env, args, dataset_name,
+                                                           seed, 'validation')),
                     'training': trained_iterations(fold), 'train_seconds_this_call': train_seconds,
                     'code': package_commit()}
                 log(f"seed {seed}: {model}: Dice {100 * metrics['mean']['dice']:.2f}  "
-                    f"per class {[round(100 * v['dice'], 1) for v in metrics['per_class'].values()]}")
+                    f"per class {[round(100 * v['dice'], 1) for v in metrics['per_class'].values()]}  "
+                    f"(validation {100 * entry['models'][model]['validation']['mean']['dice']:.2f})")
                 verdict = entry['models'][model]['training']['plateau']
                 if verdict['last'] is not None and '(teacher)' not in model:
                     log(f"seed {seed}: {model}: {'plateaued' if verdict['plateaued'] else 'NOT plateaued'} "

@@ -3,7 +3,7 @@ as an nnU-Net v2 trainer. The algorithm lives in the package modules; this class
 into nnU-Net's hooks."""
 import os
 from os.path import join
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from nnunetv2_m3hl.teacher import broadcast_teacher, ema_update, gate_by_confide
     hard_pseudo_labels_and_confidence, kept_share_per_class, make_teacher
 from nnunetv2_m3hl.unlabeled import UnlabeledDataLoader, check_configuration_supported, n_proc_da_environment, \
     n_proc_split, preprocess_unlabeled, preprocessed_unlabeled_folder, unlabeled_identifiers
+from nnunetv2_m3hl.views import WeakAndStrongViews, split_views
 from nnunetv2_m3hl.visualization import save_mixed_sample_png
 
 TEACHER_CHECKPOINT = 'checkpoint_final_teacher.pth'
@@ -71,6 +72,10 @@ class M3HLTrainer(nnUNetTrainer):
         # teacher voxels whose top softmax probability is below this are left out of the pseudo-labeled region of
         # the mix loss (weight 0 in Dice and CE), as UniMatch gates at 0.95; None: every voxel counts (the reference)
         self.pseudo_label_confidence_threshold = None
+        # the teacher sees the unlabeled patch after nnU-Net's geometric transforms only, the student the same patch
+        # with the photometric ones too (FixMatch's weak and strong views; views.py); False: both see the fully
+        # augmented patch (the reference)
+        self.teacher_sees_weak_view = False
         # where the cleanup runs: 'side_stream' (CUDA: overlapped with the student's forward on a second stream;
         # elsewhere the same as 'sync'), 'sync', 'host_thread' (scipy in worker threads), or 'teacher_side_stream'
         # (CUDA: the teacher's forward too, at the same time as the student's; not measured on a GPU yet); every
@@ -114,7 +119,8 @@ class M3HLTrainer(nnUNetTrainer):
     def m3hl_settings(self) -> dict:
         return {k: getattr(self, k) for k in (
             'blocks_per_axis', 'masked_ratio', 'u_weight', 'ema_decay', 'high_weight', 'low_weight',
-            'high_cosine_over', 'largest_component', 'pseudo_label_confidence_threshold', 'unlabeled_batch_size',
+            'high_cosine_over', 'largest_component', 'pseudo_label_confidence_threshold', 'teacher_sees_weak_view',
+            'unlabeled_batch_size',
             'supervised_warmup_fraction', 'supervised_warmup_until_ready', 'warmup_ready_class_floor',
             'warmup_ready_patience', 'teacher_join_steps', 'teacher_rampup_fraction', 'teacher_ema_warm_start')}
 
@@ -234,15 +240,21 @@ class M3HLTrainer(nnUNetTrainer):
         self.dataloader_unlabeled = self.get_unlabeled_dataloader(n_unlabeled)
         return dl_train, dl_val
 
-    def get_unlabeled_dataloader(self, num_processes: int):
-        """Same patch size and the same spatial and intensity augmentation as the labeled loader."""
-        rotation, dummy_2d, initial_patch_size, mirror_axes = \
-            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    def get_unlabeled_transforms(self, rotation, dummy_2d: bool, mirror_axes):
+        """The labeled loader's spatial and intensity augmentation; with ``teacher_sees_weak_view``, as the two
+        stacked views of ``WeakAndStrongViews``."""
         transforms = self.get_training_transforms(
             self.configuration_manager.patch_size, rotation, None, mirror_axes, dummy_2d,
             use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
             is_cascaded=False, foreground_labels=self.label_manager.foreground_labels, regions=None,
             ignore_label=None)
+        return WeakAndStrongViews(transforms) if self.teacher_sees_weak_view else transforms
+
+    def get_unlabeled_dataloader(self, num_processes: int):
+        """Same patch size and the same spatial and intensity augmentation as the labeled loader."""
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        transforms = self.get_unlabeled_transforms(rotation, dummy_2d, mirror_axes)
         loader = UnlabeledDataLoader(self.unlabeled_folder, self._unlabeled_batch_size(), initial_patch_size,
                                      self.configuration_manager.patch_size, self.label_manager, transforms)
         if num_processes == 0:
@@ -268,6 +280,9 @@ class M3HLTrainer(nnUNetTrainer):
         if self.in_supervised_warmup():
             return self.supervised_step(batch)
         unlabeled = next(self.dataloader_unlabeled)['data']
+        if self.teacher_sees_weak_view:
+            strong, weak = split_views(unlabeled)
+            return self.m3hl_step(batch['data'], batch['target'], strong, weak)
         return self.m3hl_step(batch['data'], batch['target'], unlabeled)
 
     def supervised_step(self, batch: dict) -> dict:
@@ -281,21 +296,26 @@ class M3HLTrainer(nnUNetTrainer):
     def _autocast(self):
         return autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context()
 
-    def m3hl_step(self, x_labeled: torch.Tensor, target, x_unlabeled: torch.Tensor) -> dict:
-        """One M3HL optimisation step on tensors (data loading excluded)."""
+    def m3hl_step(self, x_labeled: torch.Tensor, target, x_unlabeled: torch.Tensor,
+                  x_unlabeled_for_teacher: Optional[torch.Tensor] = None) -> dict:
+        """One M3HL optimisation step on tensors (data loading excluded); the teacher sees
+        ``x_unlabeled_for_teacher`` (the weak view) where given, else the student's ``x_unlabeled``."""
         y_labeled = target[0] if isinstance(target, list) else target
         # pair labeled i with unlabeled i; a smaller batch is cycled so that both batch sizes may differ
         n_pairs = max(x_labeled.shape[0], x_unlabeled.shape[0])
         x_l = _cycle(x_labeled, n_pairs).to(self.device, non_blocking=True)
         y_l = _cycle(y_labeled, n_pairs).to(self.device, non_blocking=True)
         x_u = _cycle(x_unlabeled, n_pairs).to(self.device, non_blocking=True)
+        x_teacher = x_u if x_unlabeled_for_teacher is None else \
+            _cycle(x_unlabeled_for_teacher, n_pairs).to(self.device, non_blocking=True)
         use_hl = self.high_weight != 0 or self.low_weight != 0
         scale = self.teacher_terms_scale()
         self.region_loss.u_weight = self.u_weight * scale
 
         # the student needs the mixed images only: the cleanup (or, with 'teacher_side_stream', the whole teacher
         # pass) may run while it computes
-        teacher_outputs = self.pseudo_label_cleanup.run_teacher(lambda: self.teacher_pass(x_u), x_u.device)
+        teacher_outputs = self.pseudo_label_cleanup.run_teacher(lambda: self.teacher_pass(x_teacher),
+                                                                 x_u.device)
 
         masks = self.make_masks(number_of_couples(n_pairs), x_l.shape[2:], self.device)
         images, from_unlabeled = mix_images(x_l, x_u, masks)

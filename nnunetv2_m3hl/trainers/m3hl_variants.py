@@ -121,6 +121,21 @@ class M3HLTrainer_readyWarmup_confidence95(M3HLTrainer_readyWarmup):
         self.pseudo_label_confidence_threshold = 0.95
 
 
+class M3HLTrainer_weakTeacherView(M3HLTrainer):
+    """The default, with the teacher seeing each unlabeled patch after nnU-Net's geometric augmentation only and
+    the student the same patch with the photometric augmentation too (FixMatch's weak and strong views)."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.teacher_sees_weak_view = True
+
+
+class M3HLTrainer_weakTeacherView_confidence95(M3HLTrainer_weakTeacherView):
+    """The weak teacher view, and its pseudo-labels gated at 0.95 (UniMatch's pairing of the two)."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.pseudo_label_confidence_threshold = 0.95
+
+
 class M3HLTrainer_250epochs(M3HLTrainer):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
