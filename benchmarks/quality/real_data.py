@@ -10,6 +10,9 @@ nnUNet_preprocessed and nnUNet_results. Every trainer of ``--trainers`` is train
 budget, the official test set is predicted with ``nnUNetv2_predict`` (an M3HL fold also with its EMA teacher,
 ``-chk checkpoint_final_teacher.pth``) and evaluated in the papers' convention against the original labels at
 their original resolution. No checkpoint is chosen on the test set: each model is the final checkpoint.
+Fold 0's validation cases (ACDC: the protocol's 10 validation patients; LA: nnU-Net's fold 0) are predicted and
+scored the same way; settings are chosen on them. ``--splits validation`` scores candidates there only, and a
+later call with both splits adds the test scores of the chosen one without training again.
 
 A trainer spec ``A+B`` is the two-stage recipe at the same total budget: ``A`` trained for
 ``--pretrain-fraction`` of the iterations, then ``B`` for the rest, started from ``A``'s final checkpoint with
@@ -372,6 +375,11 @@ def predict_and_score(model: str, fold: str, checkpoint: str, env: Dict[str, str
     return metrics
 
 
+def missing_splits(record: dict, splits: List[str]) -> List[str]:
+    """Of ``splits``, those a model's record has no scores for (test scores sit at the top of the record)."""
+    return [split for split in splits if ('mean' if split == 'test' else 'validation') not in record]
+
+
 def scores(metrics: dict) -> dict:
     """What the results JSON keeps of one evaluation."""
     return {'mean': metrics['mean'], 'per_class': metrics['per_class'],
@@ -388,28 +396,30 @@ def summarize(store: dict, dataset: str, labeled: int) -> str:
              "nnUNetTrainer (points) | cases better / worse | Dice per class (%) | validation Dice (%) | "
              "validation gain (points) |", '|---' * 11 + '|']
     for m in models:
-        per_seed = [r['models'][m] for r in runs.values() if m in r['models']]
+        scored = [r['models'][m] for r in runs.values() if m in r['models']]
+        per_seed = [p for p in scored if 'mean' in p]
         values = {k: np.array([p['mean'][k] for p in per_seed]) for k in ('dice', 'jaccard', 'hd95', 'asd')}
         gains, better, worse = [], 0, 0
         for r in runs.values():
-            if m in r['models'] and 'nnUNetTrainer' in r['models'] and m != 'nnUNetTrainer':
+            if 'mean' in r['models'].get(m, {}) and 'mean' in r['models'].get('nnUNetTrainer', {}) \
+                    and m != 'nnUNetTrainer':
                 gains.append(100 * (r['models'][m]['mean']['dice'] - r['models']['nnUNetTrainer']['mean']['dice']))
                 a, b = r['models'][m]['per_case_dice'], r['models']['nnUNetTrainer']['per_case_dice']
                 better += sum(a[c] > b[c] for c in a)
                 worse += sum(a[c] < b[c] for c in a)
-        fmt = lambda v, s=100: f"{s * v.mean():.2f} ± {s * v.std():.2f}"  # noqa: E731
+        fmt = lambda v, s=100: f"{s * v.mean():.2f} ± {s * v.std():.2f}" if len(v) else ''  # noqa: E731
         gain = f"{np.mean(gains):+.2f} ± {np.std(gains):.2f}" if gains else ''
         cases = f"{better} / {worse}" if gains else ''
         classes = sorted({c for p in per_seed for c in p.get('per_class', {})}, key=int)
         per_class = ' / '.join(f"{100 * np.mean([p['per_class'][c]['dice'] for p in per_seed]):.1f}" for c in classes)
-        validation = np.array([p['validation']['mean']['dice'] for p in per_seed if 'validation' in p])
+        validation = np.array([p['validation']['mean']['dice'] for p in scored if 'validation' in p])
         validation_gains = [100 * (r['models'][m]['validation']['mean']['dice']
                                    - r['models']['nnUNetTrainer']['validation']['mean']['dice'])
                             for r in runs.values() if m != 'nnUNetTrainer' and m in r['models']
                             and 'validation' in r['models'][m] and 'validation' in r['models'].get('nnUNetTrainer', {})]
-        lines.append(f"| {m} | {len(per_seed)} | {fmt(values['dice'])} | {fmt(values['jaccard'])} | "
+        lines.append(f"| {m} | {len(scored)} | {fmt(values['dice'])} | {fmt(values['jaccard'])} | "
                      f"{fmt(values['hd95'], 1)} | {fmt(values['asd'], 1)} | {gain} | {cases} | {per_class} | "
-                     f"{fmt(validation) if len(validation) else ''} | "
+                     f"{fmt(validation)} | "
                      f"{f'{np.mean(validation_gains):+.2f} ± {np.std(validation_gains):.2f}' if validation_gains else ''} |")
     for name, dice in ANCHORS.get((dataset, labeled), []):
         lines.append(f"| {name}, published ({ANCHOR_BUDGET[dataset]}) | | {dice:.2f} | | | | | | | | |")
@@ -520,6 +530,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument('--minutes', type=float, default=None, help='wall-clock minutes per trainer spec (gpu: 4.5)')
     p.add_argument('--pretrain-fraction', type=float, default=0.5, help="share of an 'A+B' spec's budget spent on A")
     p.add_argument('--batch-size', type=int, default=None, help='batch size of the cpu plans (ACDC 4, LA 2)')
+    p.add_argument('--splits', nargs='+', choices=('validation', 'test'), default=['validation', 'test'],
+                   help="what to predict and score: fold 0's validation cases (settings are chosen there) and the "
+                        "official test set (reported once a setting is chosen)")
     p.add_argument('--device', default=None)
     p.add_argument('--prepare-only', action='store_true', help='convert, plan and preprocess, then stop')
     args = p.parse_args(argv)
@@ -556,28 +569,33 @@ def main(argv: Optional[List[str]] = None) -> None:
     for seed in args.seeds:
         entry = store['runs'].setdefault(str(seed), {'models': {}})
         for spec in args.trainers:
-            if all(m in entry['models'] and 'validation' in entry['models'][m] for m in expected_models(spec)):
+            if all(m in entry['models'] and not missing_splits(entry['models'][m], args.splits)
+                   for m in expected_models(spec)):
                 continue
             t0 = time.time()
             models, spec_env = train_spec(spec, args, dataset_name, seed)
             train_seconds = time.time() - t0
             for model, (fold, checkpoint) in models.items():
-                if model in entry['models']:
-                    if 'validation' not in entry['models'][model]:
-                        # a model scored before the validation split was: score it there too
-                        entry['models'][model]['validation'] = scores(predict_and_score(
-                            model, fold, checkpoint, spec_env, args, dataset_name, seed, 'validation'))
+                record = entry['models'].get(model)
+                if record is None:
+                    record = {'training': trained_iterations(fold), 'train_seconds_this_call': train_seconds,
+                              'code': package_commit()}
+                elif not missing_splits(record, args.splits):
                     continue
-                metrics = predict_and_score(model, fold, checkpoint, spec_env, args, dataset_name, seed)
-                entry['models'][model] = {
-                    **scores(metrics),
-                    'validation': scores(predict_and_score(model, fold, checkpoint, spec_env, args, dataset_name,
-                                                           seed, 'validation')),
-                    'training': trained_iterations(fold), 'train_seconds_this_call': train_seconds,
-                    'code': package_commit()}
-                log(f"seed {seed}: {model}: Dice {100 * metrics['mean']['dice']:.2f}  "
-                    f"per class {[round(100 * v['dice'], 1) for v in metrics['per_class'].values()]}  "
-                    f"(validation {100 * entry['models'][model]['validation']['mean']['dice']:.2f})")
+                # a model scored before on fewer splits is scored on the missing ones only
+                for split in missing_splits(record, args.splits):
+                    result = scores(predict_and_score(model, fold, checkpoint, spec_env, args, dataset_name, seed,
+                                                      split))
+                    if split == 'test':
+                        record.update(result)
+                    else:
+                        record['validation'] = result
+                entry['models'][model] = record
+                log(f"seed {seed}: {model}: " + '  '.join(
+                    f"{split} Dice {100 * scored['mean']['dice']:.2f} per class "
+                    f"{[round(100 * v['dice'], 1) for v in scored['per_class'].values()]}"
+                    for split, scored in (('test', record), ('validation', record.get('validation', {})))
+                    if 'mean' in scored))
                 verdict = entry['models'][model]['training']['plateau']
                 if verdict['last'] is not None and '(teacher)' not in model:
                     log(f"seed {seed}: {model}: {'plateaued' if verdict['plateaued'] else 'NOT plateaued'} "
