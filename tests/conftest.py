@@ -54,6 +54,17 @@ class M3HLTrainer_test_readyWarmup(M3HLTrainer_test):
         self.warmup_ready_class_floor = 0.0
 
 
+class M3HLTrainer_test_neverReady(M3HLTrainer_test):
+    """Two epochs, a warm-up until ready without a cap and a floor no student reaches: the whole run is supervised."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 2
+        self.supervised_warmup_until_ready = True
+        self.warmup_ready_class_floor = 2.0
+        self.warmup_ready_patience = 100
+        self.warmup_ready_cap_fraction = 1.0
+
+
 class M3HLTrainer_test_lateTeacher(M3HLTrainer_lateTeacher):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)

@@ -105,6 +105,13 @@ def test_the_default_warms_up_and_the_compared_schedules_keep_their_own(nnunet_e
     assert trainers['M3HLTrainer'].supervised_warmup_epochs == 200  # of nnU-Net's 1000
     assert trainers['M3HLTrainer_rampup'].teacher_rampup_fraction == 0.5
     assert trainers['M3HLTrainer_lateTeacher'].teacher_join_steps == 100
+    ready = {n: get_trainer_from_args('901', '2d', 0, n, device=torch.device('cpu'))
+             for n in ('M3HLTrainer_readyWarmup', 'M3HLTrainer_readyWarmup_uncapped')}
+    # until the student is ready, the warm-up's cap: half of nnU-Net's 1000 epochs, or all of them
+    assert [t.supervised_warmup_epochs for t in ready.values()] == [500, 1000]
+    assert ready['M3HLTrainer_readyWarmup_uncapped'].mixing_steps_before(1000) == 0
+    ready['M3HLTrainer_readyWarmup_uncapped'].warmup_ended_at = 30
+    assert ready['M3HLTrainer_readyWarmup_uncapped'].supervised_warmup_epochs == 30
 
 
 def test_the_student_is_ready_when_every_class_knows_or_supervision_stalls():

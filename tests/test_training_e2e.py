@@ -82,3 +82,14 @@ def test_warmup_until_ready_ends_when_the_student_is_ready(nnunet_env, planned_2
     assert np.isnan(mix[0]) and np.isfinite(mix[1:]).all()
     log = open(sorted(out.glob('training_log_*.txt'))[-1]).read()
     assert 'the student is ready after 1 supervised epochs' in log
+
+
+def test_a_student_that_never_gets_ready_trains_as_nnunet_and_its_teacher_is_the_student(nnunet_env, planned_2d):
+    run_cli(['nnUNetv2_train', 901, '2d', 0, '-tr', 'M3HLTrainer_test_neverReady', '-device', 'cpu'])
+    out = fold_folder(nnunet_env, planned_2d, '2d', 'M3HLTrainer_test_neverReady')
+    final = load_checkpoint_safely(str(out / 'checkpoint_final.pth'))
+    assert final['m3hl']['warmup_ended_at'] is None
+    assert np.isnan(np.array(final['logging']['mix_losses'], dtype=float)).all()
+    teacher = load_checkpoint_safely(str(out / 'checkpoint_final_teacher.pth'))['network_weights']
+    assert all(torch.equal(teacher[k], v) for k, v in final['network_weights'].items())
+    assert 'no mixing step ran' in open(sorted(out.glob('training_log_*.txt'))[-1]).read()

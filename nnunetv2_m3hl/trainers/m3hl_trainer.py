@@ -91,10 +91,12 @@ class M3HLTrainer(nnUNetTrainer):
         self.supervised_warmup_fraction = 0.2
         # instead of a fixed share: the warm-up ends once the student is ready (schedule.student_is_ready: every
         # foreground class at the floor on nnU-Net's validation pseudo-Dice, or no new best EMA pseudo-Dice for
-        # `patience` epochs), after half the epochs at the latest
+        # `patience` epochs), after `warmup_ready_cap_fraction` of the epochs at the latest (1: mixing never starts
+        # for a student that never gets ready, and the run is nnU-Net's)
         self.supervised_warmup_until_ready = False
         self.warmup_ready_class_floor = 0.5
         self.warmup_ready_patience = 5
+        self.warmup_ready_cap_fraction = 0.5
         # the epoch at which mixing started or starts, once it is decided (a ready student, or a whole pretrained
         # model, which needs no warm-up); kept in the checkpoints so that a resumed run keeps its schedule
         self.warmup_ended_at = None
@@ -122,15 +124,15 @@ class M3HLTrainer(nnUNetTrainer):
             'high_cosine_over', 'largest_component', 'pseudo_label_confidence_threshold', 'teacher_sees_weak_view',
             'unlabeled_batch_size',
             'supervised_warmup_fraction', 'supervised_warmup_until_ready', 'warmup_ready_class_floor',
-            'warmup_ready_patience', 'teacher_join_steps', 'teacher_rampup_fraction', 'teacher_ema_warm_start')}
+            'warmup_ready_patience', 'warmup_ready_cap_fraction', 'teacher_join_steps', 'teacher_rampup_fraction', 'teacher_ema_warm_start')}
 
     @property
     def supervised_warmup_epochs(self) -> int:
-        """Epochs of the supervised warm-up; while a warm-up until ready runs, its cap (half the epochs)."""
+        """Epochs of the supervised warm-up; while a warm-up until ready runs, its cap."""
         if self.warmup_ended_at is not None:
             return self.warmup_ended_at
         if self.supervised_warmup_until_ready:
-            return self.num_epochs // 2
+            return int(self.warmup_ready_cap_fraction * self.num_epochs)
         return int(self.supervised_warmup_fraction * self.num_epochs + 0.5)
 
     def mixing_steps_before(self, epoch: int) -> int:
@@ -469,6 +471,11 @@ class M3HLTrainer(nnUNetTrainer):
         super().on_epoch_end()
 
     def on_train_end(self):
+        if self.mixing_steps_before(self.num_epochs) == 0 and self.num_epochs > 0:
+            # no mixing step ran: the teacher was never copied from the student, and the student is all there is
+            self.teacher.load_state_dict(unwrap_network(self.network).state_dict())
+            self.print_to_log_file("training ended within the supervised warm-up: no mixing step ran, and the teacher "
+                                   "checkpoint is the student")
         super().on_train_end()
         if isinstance(self.dataloader_unlabeled, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
             self.dataloader_unlabeled._finish()

@@ -114,6 +114,14 @@ class M3HLTrainer_readyWarmup(M3HLTrainer):
         self.supervised_warmup_until_ready = True
 
 
+class M3HLTrainer_readyWarmup_uncapped(M3HLTrainer_readyWarmup):
+    """The warm-up until the student is ready, without a cap: a student that never gets ready trains as nnU-Net
+    throughout, so a budget too short for the teacher costs nothing."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.warmup_ready_cap_fraction = 1.0
+
+
 class M3HLTrainer_readyWarmup_confidence95(M3HLTrainer_readyWarmup):
     """Both: the warm-up until the student is ready, then pseudo-labels gated at 0.95."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
