@@ -79,5 +79,6 @@ class WeakAndStrongViews(BasicTransform):
 def split_views(stacked: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """(strong, weak) from a batch of ``WeakAndStrongViews`` samples, ``(b, 2c, ...)``."""
     if stacked.shape[1] % 2:
-        raise ValueError(f"expected a batch of two stacked views with an even channel count, got {tuple(stacked.shape)}")
+        raise ValueError(f"expected a batch of two stacked views with an even channel count, got "
+                         f"{tuple(stacked.shape)}")
     return stacked.chunk(2, dim=1)

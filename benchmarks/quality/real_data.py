@@ -417,10 +417,11 @@ def summarize(store: dict, dataset: str, labeled: int) -> str:
                                    - r['models']['nnUNetTrainer']['validation']['mean']['dice'])
                             for r in runs.values() if m != 'nnUNetTrainer' and m in r['models']
                             and 'validation' in r['models'][m] and 'validation' in r['models'].get('nnUNetTrainer', {})]
+        validation_gain = f"{np.mean(validation_gains):+.2f} ± {np.std(validation_gains):.2f}" \
+            if validation_gains else ''
         lines.append(f"| {m} | {len(scored)} | {fmt(values['dice'])} | {fmt(values['jaccard'])} | "
                      f"{fmt(values['hd95'], 1)} | {fmt(values['asd'], 1)} | {gain} | {cases} | {per_class} | "
-                     f"{fmt(validation)} | "
-                     f"{f'{np.mean(validation_gains):+.2f} ± {np.std(validation_gains):.2f}' if validation_gains else ''} |")
+                     f"{fmt(validation)} | {validation_gain} |")
     for name, dice in ANCHORS.get((dataset, labeled), []):
         lines.append(f"| {name}, published ({ANCHOR_BUDGET[dataset]}) | | {dice:.2f} | | | | | | | | |")
     return '\n'.join(lines)

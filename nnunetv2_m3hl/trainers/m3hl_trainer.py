@@ -122,9 +122,9 @@ class M3HLTrainer(nnUNetTrainer):
         return {k: getattr(self, k) for k in (
             'blocks_per_axis', 'masked_ratio', 'u_weight', 'ema_decay', 'high_weight', 'low_weight',
             'high_cosine_over', 'largest_component', 'pseudo_label_confidence_threshold', 'teacher_sees_weak_view',
-            'unlabeled_batch_size',
-            'supervised_warmup_fraction', 'supervised_warmup_until_ready', 'warmup_ready_class_floor',
-            'warmup_ready_patience', 'warmup_ready_cap_fraction', 'teacher_join_steps', 'teacher_rampup_fraction', 'teacher_ema_warm_start')}
+            'unlabeled_batch_size', 'supervised_warmup_fraction', 'supervised_warmup_until_ready',
+            'warmup_ready_class_floor', 'warmup_ready_patience', 'warmup_ready_cap_fraction', 'teacher_join_steps',
+            'teacher_rampup_fraction', 'teacher_ema_warm_start')}
 
     @property
     def supervised_warmup_epochs(self) -> int:
