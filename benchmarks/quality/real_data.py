@@ -375,9 +375,15 @@ def predict_and_score(model: str, fold: str, checkpoint: str, env: Dict[str, str
     return metrics
 
 
+def split_scores(record: dict, split: str) -> dict:
+    """A model's scores on ``split`` (test scores sit at the top of its record); empty where it was not scored."""
+    scored = record if split == 'test' else record.get('validation', {})
+    return scored if 'mean' in scored else {}
+
+
 def missing_splits(record: dict, splits: List[str]) -> List[str]:
-    """Of ``splits``, those a model's record has no scores for (test scores sit at the top of the record)."""
-    return [split for split in splits if ('mean' if split == 'test' else 'validation') not in record]
+    """Of ``splits``, those a model's record has no scores for."""
+    return [split for split in splits if not split_scores(record, split)]
 
 
 def scores(metrics: dict) -> dict:
@@ -412,11 +418,13 @@ def summarize(store: dict, dataset: str, labeled: int) -> str:
         cases = f"{better} / {worse}" if gains else ''
         classes = sorted({c for p in per_seed for c in p.get('per_class', {})}, key=int)
         per_class = ' / '.join(f"{100 * np.mean([p['per_class'][c]['dice'] for p in per_seed]):.1f}" for c in classes)
-        validation = np.array([p['validation']['mean']['dice'] for p in scored if 'validation' in p])
-        validation_gains = [100 * (r['models'][m]['validation']['mean']['dice']
-                                   - r['models']['nnUNetTrainer']['validation']['mean']['dice'])
+        validation = np.array([split_scores(p, 'validation')['mean']['dice'] for p in scored
+                               if split_scores(p, 'validation')])
+        validation_gains = [100 * (split_scores(r['models'][m], 'validation')['mean']['dice']
+                                   - split_scores(r['models']['nnUNetTrainer'], 'validation')['mean']['dice'])
                             for r in runs.values() if m != 'nnUNetTrainer' and m in r['models']
-                            and 'validation' in r['models'][m] and 'validation' in r['models'].get('nnUNetTrainer', {})]
+                            and split_scores(r['models'][m], 'validation')
+                            and split_scores(r['models'].get('nnUNetTrainer', {}), 'validation')]
         validation_gain = f"{np.mean(validation_gains):+.2f} ± {np.std(validation_gains):.2f}" \
             if validation_gains else ''
         lines.append(f"| {m} | {len(scored)} | {fmt(values['dice'])} | {fmt(values['jaccard'])} | "
@@ -595,8 +603,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                 log(f"seed {seed}: {model}: " + '  '.join(
                     f"{split} Dice {100 * scored['mean']['dice']:.2f} per class "
                     f"{[round(100 * v['dice'], 1) for v in scored['per_class'].values()]}"
-                    for split, scored in (('test', record), ('validation', record.get('validation', {})))
-                    if 'mean' in scored))
+                    for split in ('test', 'validation') for scored in [split_scores(record, split)] if scored))
                 verdict = entry['models'][model]['training']['plateau']
                 if verdict['last'] is not None and '(teacher)' not in model:
                     log(f"seed {seed}: {model}: {'plateaued' if verdict['plateaued'] else 'NOT plateaued'} "
