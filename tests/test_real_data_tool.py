@@ -114,6 +114,33 @@ def test_full_two_stage_spec_reuses_the_first_trainers_own_run(real_data, tmp_pa
     assert list(models) == real_data.expected_models('nnUNetTrainer>M3HLTrainer') == ['nnUNetTrainer>M3HLTrainer']
 
 
+def test_a_fresh_workdir_gets_the_cpu_plans_before_the_narrow_ones(real_data, tmp_path, monkeypatch):
+    """The converging budget plans a new workdir at the cpu spacing under the cpu plans' name (nnU-Net's planner
+    would otherwise write its native nnUNetPlans), then derives the narrow plans from them."""
+    import json
+    env = {'nnUNet_raw': str(tmp_path / 'raw'), 'nnUNet_preprocessed': str(tmp_path / 'pre')}
+    os.makedirs(tmp_path / 'raw' / 'Dataset271_ACDC')
+    pre = tmp_path / 'pre' / 'Dataset271_ACDC'
+    planner_calls = []
+
+    def fake_run(cmd, env, log_file=None):
+        if 'plan_experiment_entry' in cmd[2]:
+            planner_calls.append(cmd[3:])
+            name = cmd[cmd.index('-overwrite_plans_name') + 1] if '-overwrite_plans_name' in cmd else 'nnUNetPlans'
+            os.makedirs(pre, exist_ok=True)
+            arch = {'arch_kwargs': {'features_per_stage': [32, 64, 128, 256, 512]}}
+            (pre / f'{name}.json').write_text(json.dumps({'plans_name': name, 'configurations': {'2d': {
+                'data_identifier': f'{name}_2d', 'batch_size': 13, 'architecture': arch}}}))
+    monkeypatch.setattr(real_data, 'run', fake_run)
+    assert real_data.prepare_dataset('acdc', 'unused', 3, str(tmp_path), 'cpu_long', None, env) == 'Dataset271_ACDC'
+    assert planner_calls == [['-d', '271', '-overwrite_target_spacing', '10.0', '2.0', '2.0',
+                              '-overwrite_plans_name', 'nnUNetPlans_cpu']]
+    narrow = json.loads((pre / 'nnUNetPlans_cpu_narrow.json').read_text())['configurations']['2d']
+    assert narrow['data_identifier'] == 'nnUNetPlans_cpu_2d' and narrow['batch_size'] == 8
+    assert narrow['architecture']['arch_kwargs']['features_per_stage'] == [16, 32, 64, 128, 256]
+    assert json.loads((pre / 'nnUNetPlans_cpu.json').read_text())['configurations']['2d']['batch_size'] == 4
+
+
 def test_plateau_rule(real_data):
     rising = list(np.linspace(0.2, 0.8, 40))
     assert not real_data.plateau(rising)['plateaued']

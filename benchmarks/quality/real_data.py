@@ -115,6 +115,14 @@ def narrowed_plans(plans: dict, configuration: str, width_divisor: int, batch_si
     return out
 
 
+def planner_options(dataset: str, plans: str) -> List[str]:
+    """nnU-Net planner arguments that make ``plans``: the cpu plans (which the converging budget's narrow plans
+    are derived from) at the dataset's coarser spacing, under their own name."""
+    if plans != plans_name('cpu'):
+        return []
+    return ['-overwrite_target_spacing', *map(str, DATASETS[dataset]['cpu_spacing']), '-overwrite_plans_name', plans]
+
+
 def prepare_dataset(dataset: str, data: str, labeled: int, workdir: str, budget: str, batch_size: Optional[int],
                     env: Dict[str, str]) -> str:
     """Convert, plan and preprocess (labeled and unlabeled scans) once per workdir; returns the dataset name."""
@@ -136,14 +144,12 @@ def prepare_dataset(dataset: str, data: str, labeled: int, workdir: str, budget:
     if not os.path.isfile(plans_file):
         log(f"planning {name} ({plans})")
         run(nnunet + [entry('extract_fingerprint_entry'), '-d', str(did), '-np', '2'], env)
-        command = nnunet + [entry('plan_experiment_entry'), '-d', str(did)]
-        if budget == 'cpu':
-            command += ['-overwrite_target_spacing', *map(str, spec['cpu_spacing']), '-overwrite_plans_name', plans]
-        run(command, env)
-        if budget == 'cpu':
+        run(nnunet + [entry('plan_experiment_entry'), '-d', str(did)] + planner_options(dataset, plans), env)
+        if plans == plans_name('cpu'):
             # a smaller batch than nnU-Net's GPU-sized one; the planner's patch and network are kept
             content = json.load(open(plans_file))
-            content['configurations'][configuration]['batch_size'] = batch_size or spec['cpu_batch']
+            cpu_batch = batch_size if budget == 'cpu' and batch_size else spec['cpu_batch']
+            content['configurations'][configuration]['batch_size'] = cpu_batch
             with open(plans_file, 'w') as f:
                 json.dump(content, f, indent=1)
     marker = os.path.join(pre, f'.{plans}_{configuration}_preprocessed')
