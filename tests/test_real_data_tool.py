@@ -44,14 +44,14 @@ def test_summary_gives_the_validation_dice_and_its_gain_where_scored(real_data):
     table = real_data.summarize(store, 'acdc', 3).splitlines()
     assert 'validation Dice (%)' in table[0]
     m3hl = next(line for line in table if line.startswith('| M3HLTrainer |'))
-    assert m3hl.endswith('| 65.00 ± 0.00 | +5.00 ± 0.00 |')
-    assert next(line for line in table if line.startswith('| M3HLTrainer_reference |')).endswith('|  |  |')
+    assert m3hl.endswith('| 65.00 ± 0.00 | +5.00 ± 0.00 | 1 / 0 |')
+    assert next(line for line in table if line.startswith('| M3HLTrainer_reference |')).endswith('|  |  |  |')
     # a candidate scored on the validation cases only (while settings are chosen) has no test columns
     store['runs']['0']['models']['M3HLTrainer_confidence95'] = {'validation': model(0.70, {'v': 0.7})}
     line = next(line for line in real_data.summarize(store, 'acdc', 3).splitlines()
                 if line.startswith('| M3HLTrainer_confidence95 |'))
     assert line.startswith('| M3HLTrainer_confidence95 | 1 |  |')
-    assert line.endswith('| 70.00 ± 0.00 | +10.00 ± 0.00 |')
+    assert line.endswith('| 70.00 ± 0.00 | +10.00 ± 0.00 | 1 / 0 |')
     assert real_data.missing_splits(store['runs']['0']['models']['M3HLTrainer_confidence95'],
                                     ['validation', 'test']) == ['test']
 

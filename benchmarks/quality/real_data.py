@@ -399,45 +399,49 @@ def scores(metrics: dict) -> dict:
                               for case, per_class in metrics['per_case'].items()}}
 
 
+def paired_with_baseline(runs: dict, model: str, split: str) -> tuple:
+    """``model`` against nnUNetTrainer of the same seed on ``split``: the Dice gains (points), one per seed where
+    both were scored, and the cases better and worse over those seeds."""
+    gains, better, worse = [], 0, 0
+    for r in runs.values():
+        mine, base = split_scores(r['models'].get(model, {}), split), \
+            split_scores(r['models'].get('nnUNetTrainer', {}), split)
+        if model == 'nnUNetTrainer' or not mine or not base:
+            continue
+        gains.append(100 * (mine['mean']['dice'] - base['mean']['dice']))
+        a, b = mine['per_case_dice'], base['per_case_dice']
+        better += sum(a[c] > b[c] for c in a)
+        worse += sum(a[c] < b[c] for c in a)
+    return gains, better, worse
+
+
 def summarize(store: dict, dataset: str, labeled: int) -> str:
     """Markdown table: per model, mean ± std over seeds of the four test metrics and of the Dice gain, and the Dice
-    on the validation cases (what a setting is chosen on) with its gain."""
+    on the validation cases (what a setting is chosen on) with its gain and the cases better / worse there."""
     runs = store['runs']
     models = sorted({m for r in runs.values() for m in r['models']}, key=lambda m: (m != 'nnUNetTrainer', m))
     lines = ["| model | seeds | Dice (%) | Jaccard (%) | 95HD (voxels) | ASD (voxels) | Dice gain over "
              "nnUNetTrainer (points) | cases better / worse | Dice per class (%) | validation Dice (%) | "
-             "validation gain (points) |", '|---' * 11 + '|']
+             "validation gain (points) | validation cases better / worse |", '|---' * 12 + '|']
+    fmt = lambda v, s=100: f"{s * v.mean():.2f} ± {s * v.std():.2f}" if len(v) else ''  # noqa: E731
+    gain = lambda g: f"{np.mean(g):+.2f} ± {np.std(g):.2f}" if g else ''  # noqa: E731
     for m in models:
         scored = [r['models'][m] for r in runs.values() if m in r['models']]
-        per_seed = [p for p in scored if 'mean' in p]
+        per_seed = [split_scores(p, 'test') for p in scored if split_scores(p, 'test')]
         values = {k: np.array([p['mean'][k] for p in per_seed]) for k in ('dice', 'jaccard', 'hd95', 'asd')}
-        gains, better, worse = [], 0, 0
-        for r in runs.values():
-            if 'mean' in r['models'].get(m, {}) and 'mean' in r['models'].get('nnUNetTrainer', {}) \
-                    and m != 'nnUNetTrainer':
-                gains.append(100 * (r['models'][m]['mean']['dice'] - r['models']['nnUNetTrainer']['mean']['dice']))
-                a, b = r['models'][m]['per_case_dice'], r['models']['nnUNetTrainer']['per_case_dice']
-                better += sum(a[c] > b[c] for c in a)
-                worse += sum(a[c] < b[c] for c in a)
-        fmt = lambda v, s=100: f"{s * v.mean():.2f} ± {s * v.std():.2f}" if len(v) else ''  # noqa: E731
-        gain = f"{np.mean(gains):+.2f} ± {np.std(gains):.2f}" if gains else ''
+        gains, better, worse = paired_with_baseline(runs, m, 'test')
         cases = f"{better} / {worse}" if gains else ''
         classes = sorted({c for p in per_seed for c in p.get('per_class', {})}, key=int)
         per_class = ' / '.join(f"{100 * np.mean([p['per_class'][c]['dice'] for p in per_seed]):.1f}" for c in classes)
         validation = np.array([split_scores(p, 'validation')['mean']['dice'] for p in scored
                                if split_scores(p, 'validation')])
-        validation_gains = [100 * (split_scores(r['models'][m], 'validation')['mean']['dice']
-                                   - split_scores(r['models']['nnUNetTrainer'], 'validation')['mean']['dice'])
-                            for r in runs.values() if m != 'nnUNetTrainer' and m in r['models']
-                            and split_scores(r['models'][m], 'validation')
-                            and split_scores(r['models'].get('nnUNetTrainer', {}), 'validation')]
-        validation_gain = f"{np.mean(validation_gains):+.2f} ± {np.std(validation_gains):.2f}" \
-            if validation_gains else ''
+        validation_gains, validation_better, validation_worse = paired_with_baseline(runs, m, 'validation')
+        validation_cases = f"{validation_better} / {validation_worse}" if validation_gains else ''
         lines.append(f"| {m} | {len(scored)} | {fmt(values['dice'])} | {fmt(values['jaccard'])} | "
-                     f"{fmt(values['hd95'], 1)} | {fmt(values['asd'], 1)} | {gain} | {cases} | {per_class} | "
-                     f"{fmt(validation)} | {validation_gain} |")
+                     f"{fmt(values['hd95'], 1)} | {fmt(values['asd'], 1)} | {gain(gains)} | {cases} | {per_class} | "
+                     f"{fmt(validation)} | {gain(validation_gains)} | {validation_cases} |")
     for name, dice in ANCHORS.get((dataset, labeled), []):
-        lines.append(f"| {name}, published ({ANCHOR_BUDGET[dataset]}) | | {dice:.2f} | | | | | | | | |")
+        lines.append(f"| {name}, published ({ANCHOR_BUDGET[dataset]}) | | {dice:.2f} | | | | | | | | | |")
     return '\n'.join(lines)
 
 
