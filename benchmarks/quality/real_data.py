@@ -403,10 +403,12 @@ def paired_with_baseline(runs: dict, model: str, split: str) -> tuple:
     """``model`` against nnUNetTrainer of the same seed on ``split``: the Dice gains (points), one per seed where
     both were scored, and the cases better and worse over those seeds."""
     gains, better, worse = [], 0, 0
+    if model == 'nnUNetTrainer':
+        return gains, better, worse
     for r in runs.values():
         mine, base = split_scores(r['models'].get(model, {}), split), \
             split_scores(r['models'].get('nnUNetTrainer', {}), split)
-        if model == 'nnUNetTrainer' or not mine or not base:
+        if not mine or not base:
             continue
         gains.append(100 * (mine['mean']['dice'] - base['mean']['dice']))
         a, b = mine['per_case_dice'], base['per_case_dice']
