@@ -22,9 +22,12 @@ from nnunetv2_m3hl.trainers.m3hl_variants import M3HLTrainer_lateTeacher
 
 
 class M3HLTrainer_test(M3HLTrainer):
-    """Short runs for the tests; the epoch count can be raised from the environment to test --c."""
+    """Short runs for the tests, mixing from the first step (no warm-up), so that a one-epoch run trains the M3HL
+    step; the epoch count can be raised from the environment to test --c."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.supervised_warmup_until_ready = False
+        self.supervised_warmup_fraction = 0.0
         self.num_epochs = int(os.environ.get('M3HL_TEST_EPOCHS', 1))
         self.num_iterations_per_epoch = 4
         self.num_val_iterations_per_epoch = 1
@@ -52,6 +55,7 @@ class M3HLTrainer_test_readyWarmup(M3HLTrainer_test):
         self.num_epochs = 4
         self.supervised_warmup_until_ready = True
         self.warmup_ready_class_floor = 0.0
+        self.warmup_ready_cap_fraction = 0.5
 
 
 class M3HLTrainer_test_neverReady(M3HLTrainer_test):

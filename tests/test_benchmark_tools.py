@@ -35,6 +35,8 @@ def test_summary_pairs_models_with_the_baseline_per_seed_and_per_case():
 def test_results_of_another_call_are_merged_not_lost(tmp_path):
     path = str(tmp_path / 'le.json')
     le.write_result(path, {}, [run(8, 0, {'nnUNetTrainer': [0.9], 'M3HLTrainer': [0.8]})])
+    noted = dict(json.load(open(path)), trainer_names='M3HLTrainer here is an older schedule')
+    json.dump(noted, open(path, 'w'))
     # a later call adds a variant to the same (labeled count, seed) and a new seed
     le.write_result(path, {}, [run(8, 0, {'M3HLTrainer_noHL': [0.85]}, seconds=5.0),
                                run(8, 1, {'nnUNetTrainer': [0.9]})])
@@ -42,6 +44,7 @@ def test_results_of_another_call_are_merged_not_lost(tmp_path):
     assert [(r['n_labeled'], r['seed']) for r in runs] == [(8, 0), (8, 1)]
     assert sorted(runs[0]['mean_dice']) == ['M3HLTrainer', 'M3HLTrainer_noHL', 'nnUNetTrainer']
     assert runs[0]['seconds'] == 10.0 and runs[0]['seconds_of_later_calls'] == {'M3HLTrainer_noHL': 5.0}
+    assert json.load(open(path))['trainer_names'] == 'M3HLTrainer here is an older schedule'
     assert not os.path.exists(path + '.tmp')
 
 

@@ -94,24 +94,26 @@ def test_schedule_position_follows_the_epoch_after_a_resume(nnunet_env, planned_
 
 
 
-def test_the_default_warms_up_and_the_compared_schedules_keep_their_own(nnunet_env, planned_2d):
+def test_the_default_warms_up_until_ready_and_the_compared_schedules_keep_their_own(nnunet_env, planned_2d):
     from nnunetv2.run.run_training import get_trainer_from_args
-    names = ('M3HLTrainer', 'M3HLTrainer_reference', 'M3HLTrainer_warmup', 'M3HLTrainer_warmup10',
-             'M3HLTrainer_rampup', 'M3HLTrainer_lateTeacher', 'BCPTrainer')
+    names = ('M3HLTrainer', 'M3HLTrainer_readyWarmup', 'M3HLTrainer_readyWarmup_uncapped', 'M3HLTrainer_reference',
+             'M3HLTrainer_warmup', 'M3HLTrainer_warmup10', 'M3HLTrainer_rampup', 'M3HLTrainer_lateTeacher',
+             'M3HLTrainer_confidence95', 'M3HLTrainer_weakTeacherView', 'M3HLTrainer_2epochs', 'BCPTrainer')
     trainers = {n: get_trainer_from_args('901', '2d', 0, n, device=torch.device('cpu')) for n in names}
-    assert {n: t.supervised_warmup_fraction for n, t in trainers.items()} == {
-        'M3HLTrainer': 0.2, 'M3HLTrainer_reference': 0.0, 'M3HLTrainer_warmup': 0.2, 'M3HLTrainer_warmup10': 0.1,
-        'M3HLTrainer_rampup': 0.0, 'M3HLTrainer_lateTeacher': 0.0, 'BCPTrainer': 0.0}
-    assert trainers['M3HLTrainer'].supervised_warmup_epochs == 200  # of nnU-Net's 1000
+    # until the student is ready, the warm-up's cap: all of nnU-Net's 1000 epochs for the default, half for the
+    # capped variant; the fixed schedules their share
+    assert {n: t.supervised_warmup_epochs for n, t in trainers.items()} == {
+        'M3HLTrainer': 1000, 'M3HLTrainer_readyWarmup': 500, 'M3HLTrainer_readyWarmup_uncapped': 1000,
+        'M3HLTrainer_reference': 0, 'M3HLTrainer_warmup': 200, 'M3HLTrainer_warmup10': 100, 'M3HLTrainer_rampup': 0,
+        'M3HLTrainer_lateTeacher': 0, 'M3HLTrainer_confidence95': 200, 'M3HLTrainer_weakTeacherView': 200,
+        'M3HLTrainer_2epochs': 1, 'BCPTrainer': 0}
+    assert trainers['M3HLTrainer'].m3hl_settings() == trainers['M3HLTrainer_readyWarmup_uncapped'].m3hl_settings()
     assert trainers['M3HLTrainer_rampup'].teacher_rampup_fraction == 0.5
     assert trainers['M3HLTrainer_lateTeacher'].teacher_join_steps == 100
-    ready = {n: get_trainer_from_args('901', '2d', 0, n, device=torch.device('cpu'))
-             for n in ('M3HLTrainer_readyWarmup', 'M3HLTrainer_readyWarmup_uncapped')}
-    # until the student is ready, the warm-up's cap: half of nnU-Net's 1000 epochs, or all of them
-    assert [t.supervised_warmup_epochs for t in ready.values()] == [500, 1000]
-    assert ready['M3HLTrainer_readyWarmup_uncapped'].mixing_steps_before(1000) == 0
-    ready['M3HLTrainer_readyWarmup_uncapped'].warmup_ended_at = 30
-    assert ready['M3HLTrainer_readyWarmup_uncapped'].supervised_warmup_epochs == 30
+    default = trainers['M3HLTrainer']
+    assert default.mixing_steps_before(1000) == 0  # a student that never gets ready trains as nnU-Net
+    default.warmup_ended_at = 30
+    assert default.supervised_warmup_epochs == 30 and default.mixing_steps_before(31) == default.num_iterations_per_epoch
 
 
 def test_the_student_is_ready_when_every_class_knows_or_supervision_stalls():

@@ -52,7 +52,8 @@ class BCPTrainer(M3HLTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.high_weight = 0.0
         self.low_weight = 0.0
-        self.supervised_warmup_fraction = 0.0  # its start is BCPTrainer_pretrain, not a warm-up
+        self.supervised_warmup_until_ready = False  # its start is BCPTrainer_pretrain, not a warm-up
+        self.supervised_warmup_fraction = 0.0
         self.box_fraction = BOX_FRACTION
         self._resumed = False
 

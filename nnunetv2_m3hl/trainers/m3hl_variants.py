@@ -1,5 +1,7 @@
 """Ablations, the nearest published baseline, the schedules compared with the default, and training-length
-variants of M3HLTrainer."""
+variants of M3HLTrainer. The ablations and the training lengths keep the default's schedule; the variants
+compared with the fixed warm-up of a fifth (the confidence gates, the weak teacher view) keep that one, so that
+their names still mean what benchmarks/RESULTS.md measured."""
 import torch
 
 from nnunetv2_m3hl.mixing import make_box_masks
@@ -54,20 +56,22 @@ class M3HLTrainer_reference(M3HLTrainer):
     supervised warm-up (the default before the schedule comparison in benchmarks/RESULTS.md)."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.supervised_warmup_until_ready = False
         self.supervised_warmup_fraction = 0.0
 
 
 class M3HLTrainer_warmup(M3HLTrainer):
-    """The first fifth of the epochs plain nnU-Net supervision on the labeled patches (nnU-Net's own step, no
-    copy-paste, so not BCP's pre-training stage), then M3HL with the teacher copied from that student. Now
-    ``M3HLTrainer``'s own schedule; the name stays for the benchmarks that measured it."""
+    """A fixed warm-up: the first fifth of the epochs plain nnU-Net supervision on the labeled patches (nnU-Net's
+    own step, no copy-paste, so not BCP's pre-training stage), then M3HL with the teacher copied from that
+    student, ready or not. ``M3HLTrainer``'s schedule until the warm-up until ready replaced it."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.supervised_warmup_until_ready = False
         self.supervised_warmup_fraction = 0.2
 
 
-class M3HLTrainer_warmup10(M3HLTrainer):
-    """A shorter supervised warm-up: the first tenth of the epochs."""
+class M3HLTrainer_warmup10(M3HLTrainer_warmup):
+    """A shorter fixed warm-up: the first tenth of the epochs."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.supervised_warmup_fraction = 0.1
@@ -91,16 +95,16 @@ class M3HLTrainer_lateTeacher(M3HLTrainer_reference):
         self.teacher_join_steps = ema_horizon(self.ema_decay)
 
 
-class M3HLTrainer_confidence95(M3HLTrainer):
-    """The default, with teacher voxels below 0.95 softmax confidence left out of the mix loss (UniMatch's
-    threshold)."""
+class M3HLTrainer_confidence95(M3HLTrainer_warmup):
+    """The fixed warm-up of a fifth (the default it was compared with), with teacher voxels below 0.95 softmax
+    confidence left out of the mix loss (UniMatch's threshold)."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.pseudo_label_confidence_threshold = 0.95
 
 
-class M3HLTrainer_confidence80(M3HLTrainer):
-    """The default, with teacher voxels below 0.8 softmax confidence left out of the mix loss."""
+class M3HLTrainer_confidence80(M3HLTrainer_warmup):
+    """The fixed warm-up of a fifth, with teacher voxels below 0.8 softmax confidence left out of the mix loss."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.pseudo_label_confidence_threshold = 0.8
@@ -112,11 +116,13 @@ class M3HLTrainer_readyWarmup(M3HLTrainer):
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.supervised_warmup_until_ready = True
+        self.warmup_ready_cap_fraction = 0.5
 
 
 class M3HLTrainer_readyWarmup_uncapped(M3HLTrainer_readyWarmup):
     """The warm-up until the student is ready, without a cap: a student that never gets ready trains as nnU-Net
-    throughout, so a budget too short for the teacher costs nothing."""
+    throughout, so a budget too short for the teacher costs nothing. Now ``M3HLTrainer``'s own schedule; the name
+    stays for the benchmarks that measured it."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.warmup_ready_cap_fraction = 1.0
@@ -129,9 +135,10 @@ class M3HLTrainer_readyWarmup_confidence95(M3HLTrainer_readyWarmup):
         self.pseudo_label_confidence_threshold = 0.95
 
 
-class M3HLTrainer_weakTeacherView(M3HLTrainer):
-    """The default, with the teacher seeing each unlabeled patch after nnU-Net's geometric augmentation only and
-    the student the same patch with the photometric augmentation too (FixMatch's weak and strong views)."""
+class M3HLTrainer_weakTeacherView(M3HLTrainer_warmup):
+    """The fixed warm-up of a fifth (the default it was compared with), with the teacher seeing each unlabeled
+    patch after nnU-Net's geometric augmentation only and the student the same patch with the photometric
+    augmentation too (FixMatch's weak and strong views)."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.teacher_sees_weak_view = True
@@ -157,7 +164,10 @@ class M3HLTrainer_500epochs(M3HLTrainer):
 
 
 class M3HLTrainer_2epochs(M3HLTrainer):
-    """A smoke run (like nnU-Net's short trainers): two full epochs."""
+    """A smoke run (like nnU-Net's short trainers): two full epochs, the first supervised and the second M3HL
+    (a fixed warm-up, so that the smoke run reaches the mixing step whether the student is ready or not)."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 2
+        self.supervised_warmup_until_ready = False
+        self.supervised_warmup_fraction = 0.5
