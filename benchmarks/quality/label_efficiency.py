@@ -169,12 +169,12 @@ def retest(workdir: str, runs: list, n_test: int, device: str, done: list) -> li
 def write_result(path: str, settings: dict, runs: list, merge: bool = True) -> None:
     """Merge ``runs`` into what the file holds now (another process may have added runs since it was
     read), or replace its runs with ``merge=False``."""
-    before = json.load(open(path)) if os.path.isfile(path) else {}
-    merged = before['runs'] if merge and before else []
+    before = json.load(open(path)) if merge and os.path.isfile(path) else {}
+    merged = before.get('runs', [])
     for run in runs:
         merge_run(merged, copy.deepcopy(run))
     # a note on trainer names that changed meaning stays with the runs it is about
-    notes = {'trainer_names': before['trainer_names']} if merge and 'trainer_names' in before else {}
+    notes = {key: before[key] for key in ('trainer_names',) if key in before}
     with open(path + '.tmp', 'w') as f:
         json.dump({**notes, 'settings': settings, 'runs': merged, 'summary': summarize(merged)}, f, indent=1)
     os.replace(path + '.tmp', path)
