@@ -174,7 +174,7 @@ def write_result(path: str, settings: dict, runs: list, merge: bool = True) -> N
     for run in runs:
         merge_run(merged, copy.deepcopy(run))
     # a note on trainer names that changed meaning stays with the runs it is about
-    notes = {key: before[key] for key in ('trainer_names',) if key in before}
+    notes = {'trainer_names': before['trainer_names']} if 'trainer_names' in before else {}
     with open(path + '.tmp', 'w') as f:
         json.dump({**notes, 'settings': settings, 'runs': merged, 'summary': summarize(merged)}, f, indent=1)
     os.replace(path + '.tmp', path)
