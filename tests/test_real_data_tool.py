@@ -1,5 +1,6 @@
 """The real-data benchmark's bookkeeping, on made-up results (the benchmark itself needs the datasets)."""
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -246,3 +247,32 @@ def test_epoch_times_of_the_mixing_epochs_against_nnunet(real_data):
                                        'M3HLTrainer (teacher)': {'training': m3hl}}}}}
     table = real_data.timing_table(store)
     assert '| 0 | M3HLTrainer | 6 | 14.0 | 14.0 / 16.0 | 1.40 |' in table and '(teacher)' not in table
+
+
+@pytest.fixture(scope='module')
+def compare_models():
+    spec = importlib.util.spec_from_file_location('compare_models', os.path.join(HERE, '..', 'benchmarks', 'quality', 'compare_models.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_two_models_from_two_results_files_are_paired_seed_by_seed(compare_models, tmp_path):
+    two_stage = {'0': {'models': {'A>B': model(0.80, {'a': 0.9, 'b': 0.7, 'c': 0.8})}},
+                 '1': {'models': {'A>B': model(0.70, {'a': 0.7, 'b': 0.7, 'c': 0.7})}},
+                 '2': {'models': {'A>B': model(0.90, {'a': 0.9, 'b': 0.9, 'c': 0.9})}}}
+    default = {'0': {'models': {'B': model(0.78, {'a': 0.8, 'b': 0.8, 'c': 0.8})}},
+               '1': {'models': {'B': model(0.74, {'a': 0.6, 'b': 0.8, 'c': 0.8})}}}  # seed 2 missing: left out
+    c = compare_models.comparison(two_stage, 'A>B', default, 'B', 'test')
+    assert c['seeds'] == ['0', '1']
+    assert np.allclose(c['gains'], [2.0, -4.0]) and np.isclose(c['mean'], -1.0) and np.isclose(c['sd'], 3.0)
+    assert (c['better'], c['worse']) == (2, 3)  # a on both seeds better; b on seed 0, b and c on seed 1 worse
+    assert np.isclose(c['case_median'], -5.0) and np.isclose(c['case_max'], 10.0)
+    assert compare_models.comparison(two_stage, 'A>B', default, 'B', 'validation') is None
+    first, second = tmp_path / 'two_stage.json', tmp_path / 'default.json'
+    first.write_text(json.dumps({'runs': two_stage}))
+    second.write_text(json.dumps({'runs': default}))
+    with pytest.raises(SystemExit, match="no seed has both 'A>B'"):
+        compare_models.main([str(first), 'A>B', str(second), 'nnUNetTrainer'])
+    with pytest.raises(SystemExit, match='missing.json: not a results JSON'):
+        compare_models.main([str(first), 'A>B', str(tmp_path / 'missing.json'), 'B'])

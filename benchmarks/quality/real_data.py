@@ -399,22 +399,29 @@ def scores(metrics: dict) -> dict:
                               for case, per_class in metrics['per_case'].items()}}
 
 
+def paired(runs: dict, model: str, other_runs: dict, other: str, split: str) -> tuple:
+    """``model`` of ``runs`` against ``other`` of ``other_runs`` (two results JSONs' ``runs``, or one twice), seed by
+    seed on ``split``: the Dice gains (points), one per seed where both were scored, and the per-case Dice gains
+    (points) pooled over those seeds."""
+    gains, case_gains = [], []
+    for seed, r in runs.items():
+        mine = split_scores(r['models'].get(model, {}), split)
+        theirs = split_scores(other_runs.get(seed, {}).get('models', {}).get(other, {}), split)
+        if not mine or not theirs:
+            continue
+        gains.append(100 * (mine['mean']['dice'] - theirs['mean']['dice']))
+        a, b = mine['per_case_dice'], theirs['per_case_dice']
+        case_gains += [100 * (a[c] - b[c]) for c in sorted(a) if c in b]
+    return gains, case_gains
+
+
 def paired_with_baseline(runs: dict, model: str, split: str) -> tuple:
     """``model`` against nnUNetTrainer of the same seed on ``split``: the Dice gains (points), one per seed where
     both were scored, and the cases better and worse over those seeds."""
-    gains, better, worse = [], 0, 0
     if model == 'nnUNetTrainer':
-        return gains, better, worse
-    for r in runs.values():
-        mine, base = split_scores(r['models'].get(model, {}), split), \
-            split_scores(r['models'].get('nnUNetTrainer', {}), split)
-        if not mine or not base:
-            continue
-        gains.append(100 * (mine['mean']['dice'] - base['mean']['dice']))
-        a, b = mine['per_case_dice'], base['per_case_dice']
-        better += sum(a[c] > b[c] for c in a)
-        worse += sum(a[c] < b[c] for c in a)
-    return gains, better, worse
+        return [], 0, 0
+    gains, case_gains = paired(runs, model, runs, 'nnUNetTrainer', split)
+    return gains, sum(g > 0 for g in case_gains), sum(g < 0 for g in case_gains)
 
 
 def summarize(store: dict, dataset: str, labeled: int) -> str:
