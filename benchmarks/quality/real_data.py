@@ -592,7 +592,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     if store.get('settings', settings) != settings:
         raise SystemExit(f"{args.output} holds results of other settings ({store['settings']}); use another -o")
     store['settings'] = settings
-    # what produced the numbers: a model keeps the commit it was added under
+    # what produced the numbers: a model keeps the commit it was trained under, the file every commit it was run at
     store.setdefault('code', {})[package_commit()] = time.strftime('%Y-%m-%d %H:%M:%S')
     for seed in args.seeds:
         entry = store['runs'].setdefault(str(seed), {'models': {}})
@@ -601,13 +601,15 @@ def main(argv: Optional[List[str]] = None) -> None:
                    for m in expected_models(spec)):
                 continue
             t0 = time.time()
+            # the code the model is trained with, read before a change made while it trains can reach the record
+            training_commit = package_commit()
             models, spec_env = train_spec(spec, args, dataset_name, seed)
             train_seconds = time.time() - t0
             for model, (fold, checkpoint) in models.items():
                 record = entry['models'].get(model)
                 if record is None:
                     record = {'training': trained_iterations(fold), 'train_seconds_this_call': train_seconds,
-                              'code': package_commit()}
+                              'code': training_commit}
                 elif not missing_splits(record, args.splits):
                     continue
                 # a model scored before on fewer splits is scored on the missing ones only
