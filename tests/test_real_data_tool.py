@@ -10,12 +10,16 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-@pytest.fixture(scope='module')
-def real_data():
-    spec = importlib.util.spec_from_file_location('real_data', os.path.join(HERE, '..', 'benchmarks', 'quality', 'real_data.py'))
+def benchmark_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(HERE, '..', 'benchmarks', 'quality', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope='module')
+def real_data():
+    return benchmark_module('real_data')
 
 
 def model(dice, per_case):
@@ -251,10 +255,7 @@ def test_epoch_times_of_the_mixing_epochs_against_nnunet(real_data):
 
 @pytest.fixture(scope='module')
 def compare_models():
-    spec = importlib.util.spec_from_file_location('compare_models', os.path.join(HERE, '..', 'benchmarks', 'quality', 'compare_models.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_module('compare_models')
 
 
 def test_two_models_from_two_results_files_are_paired_seed_by_seed(compare_models, tmp_path):
