@@ -35,6 +35,8 @@ setup(
             'nnUNetv2_m3hl_preprocess_unlabeled=nnunetv2_m3hl.cli:preprocess_unlabeled_entry',
             'nnUNetv2_m3hl_convert_acdc=nnunetv2_m3hl.cli:convert_acdc_entry',
             'nnUNetv2_m3hl_convert_la=nnunetv2_m3hl.cli:convert_la_entry',
+            'nnUNetv2_m3hl_convert_image_folders=nnunetv2_m3hl.cli:convert_image_folders_entry',
+            'nnUNetv2_m3hl_convert_cvc=nnunetv2_m3hl.cli:convert_cvc_entry',
             'nnUNetv2_m3hl_evaluate=nnunetv2_m3hl.cli:evaluate_entry',
             'nnUNetv2_m3hl_demo=nnunetv2_m3hl.cli:demo_entry',
             'nnUNetv2_m3hl_make_ssl_dataset=nnunetv2_m3hl.cli:make_ssl_dataset_entry',

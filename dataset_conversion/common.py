@@ -59,9 +59,9 @@ def safe_join(folder: str, *names: str) -> str:
 
 
 def write_dataset_json(folder: str, labels: dict, num_training: int, name: str, description: str,
-                       channel_names: dict = None, extra: dict = None) -> None:
+                       channel_names: dict = None, extra: dict = None, file_ending: str = '.nii.gz') -> None:
     content = {'channel_names': channel_names or {'0': 'MRI'}, 'labels': labels, 'numTraining': num_training,
-               'file_ending': '.nii.gz', 'name': name, 'description': description, **(extra or {})}
+               'file_ending': file_ending, 'name': name, 'description': description, **(extra or {})}
     with open(os.path.join(folder, 'dataset.json'), 'w') as f:
         json.dump(content, f, indent=1)
 

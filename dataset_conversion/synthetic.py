@@ -57,7 +57,14 @@ def make_phantom(shape: Sequence[int], rng: np.random.Generator) -> Tuple[np.nda
     if ndim == 3:
         sq_c = sq_c + ((coords[0] - center[0]) / r_z) ** 2
     label[(np.sqrt(sq_c) < 1) & (dist >= 1 + thickness + 0.08)] = LABELS['crescent']
+    return render_contrast(label, rng), label
 
+
+def render_contrast(label: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One image of a phantom's label map: random class intensities, a smooth bias field and noise (float32). Called
+    again on the same label map, it gives another contrast of the same anatomy (a second MRI sequence, a colour
+    channel)."""
+    shape = label.shape
     intensities = {0: rng.uniform(0.15, 0.35), 1: rng.uniform(0.75, 1.0), 2: rng.uniform(0.35, 0.55),
                    3: rng.uniform(0.6, 0.85)}
     image = np.zeros(shape)
@@ -65,7 +72,7 @@ def make_phantom(shape: Sequence[int], rng: np.random.Generator) -> Tuple[np.nda
         image[label == k] = value
     image = image * _smooth_field(shape, rng, rng.uniform(0.1, 0.35))
     image = image + rng.normal(0, rng.uniform(0.04, 0.12), shape)
-    return (image * 1000).astype(np.float32), label
+    return (image * 1000).astype(np.float32)
 
 
 def _write(array: np.ndarray, path: str, is_2d: bool) -> None:
@@ -78,11 +85,31 @@ def _write(array: np.ndarray, path: str, is_2d: bool) -> None:
     sitk.WriteImage(img, path)
 
 
+def _write_png(array: np.ndarray, path: str) -> None:
+    from PIL import Image
+    Image.fromarray(array).save(path)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(image / 1000 * 200, 0, 255).astype(np.uint8)
+
+
+# file layouts nnU-Net reads that the phantoms can be written in: NIfTI with one file per channel, or nnU-Net's
+# natural-image layout (one RGB PNG per case holding all three channels, NaturalImage2DIO; 2D only)
+LAYOUTS = ('nifti', 'rgb_png')
+
+
 def make_synthetic_dataset(raw_root: str, dataset_id: int, n_labeled: int, n_unlabeled: int, n_test: int,
                            shape: Sequence[int] = (64, 64), seed: int = 0, name: str = 'M3HLPhantom',
-                           overwrite: bool = False) -> str:
+                           overwrite: bool = False, channels: int = 1, layout: str = 'nifti') -> str:
     """Write ``Dataset{id}_{name}`` under ``raw_root``; returns its folder. The same seed gives the same
-    dataset; unlabeled scans never have labels anywhere in the folder."""
+    dataset; unlabeled scans never have labels anywhere in the folder. ``channels`` contrasts of each phantom are
+    written as ``CASE_0000``, ``CASE_0001``, ... (``nifti``); ``rgb_png`` writes three contrasts as the colours of
+    one ``CASE_0000.png``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if layout == 'rgb_png' and len(shape) != 2:
+        raise ValueError("the rgb_png layout is 2D only (nnU-Net's NaturalImage2DIO)")
     is_2d = len(shape) == 2
     target = dataset_folder(raw_root, dataset_id, name)
     rng = np.random.default_rng(seed)
@@ -96,9 +123,24 @@ def make_synthetic_dataset(raw_root: str, dataset_id: int, n_labeled: int, n_unl
             for i in range(count):
                 image, label = make_phantom(shape, rng)
                 case = f'{prefix}_{i:03d}'
-                _write(image, os.path.join(tmp, image_dir, f'{case}_0000.nii.gz'), is_2d)
+                if layout == 'rgb_png':
+                    colours = [image] + [render_contrast(label, rng) for _ in range(2)]
+                    _write_png(np.stack([_to_uint8(c) for c in colours], axis=-1),
+                               os.path.join(tmp, image_dir, f'{case}_0000.png'))
+                    if label_dir is not None:
+                        _write_png(label, os.path.join(tmp, label_dir, f'{case}.png'))
+                    continue
+                contrasts = [image] + [render_contrast(label, rng) for _ in range(channels - 1)]
+                for c, contrast in enumerate(contrasts):
+                    _write(contrast, os.path.join(tmp, image_dir, f'{case}_{c:04d}.nii.gz'), is_2d)
                 if label_dir is not None:
                     _write(label, os.path.join(tmp, label_dir, f'{case}.nii.gz'), is_2d)
-        write_dataset_json(tmp, LABELS, n_labeled, name,
-                           f'synthetic cardiac-like phantoms, seed {seed}, shape {list(shape)}')
+        description = f'synthetic cardiac-like phantoms, seed {seed}, shape {list(shape)}'
+        if layout == 'rgb_png':
+            write_dataset_json(tmp, LABELS, n_labeled, name, description,
+                               channel_names={'0': 'R', '1': 'G', '2': 'B'}, file_ending='.png',
+                               extra={'overwrite_image_reader_writer': 'NaturalImage2DIO'})
+        else:
+            write_dataset_json(tmp, LABELS, n_labeled, name, description,
+                               channel_names={str(c): f'MRI{c}' for c in range(channels)} if channels > 1 else None)
     return target

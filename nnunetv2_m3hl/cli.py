@@ -69,6 +69,53 @@ def convert_la_entry() -> None:
     _run(lambda: convert_la(args.i, args.d, labeled=args.labeled, name=args.name, overwrite=args.overwrite))
 
 
+def convert_image_folders_entry() -> None:
+    from dataset_conversion.image_folders import convert_image_folders, parse_label_map
+    p = argparse.ArgumentParser(description="A folder of 2D images (PNG, JPEG, TIFF; RGB or gray) and a folder of "
+                                            "masks with the same stems, and optionally a folder of unlabeled images, "
+                                            "as an nnU-Net dataset in its natural-image layout (CASE_0000.png, "
+                                            "NaturalImage2DIO): imagesTr/labelsTr, imagesUnlabeledTr, imagesTs/"
+                                            "labelsTs, the split recorded in split.json.")
+    p.add_argument('-i', required=True, help='folder of images')
+    p.add_argument('-m', required=True, help='folder of masks, one per image, with the same stems')
+    p.add_argument('-u', default=None, help='folder of unlabeled images (optional)')
+    p.add_argument('-d', type=int, required=True, help='dataset id')
+    p.add_argument('--name', required=True, help='dataset name')
+    p.add_argument('--labeled', type=float, default=None,
+                   help='labeled frames: a number (e.g. 20) or a share of the training frames (e.g. 0.05), chosen '
+                        'with --seed; the other training frames become unlabeled (default: all labeled)')
+    p.add_argument('--test-fraction', type=float, default=0.0, help='share of the masked frames held out as test')
+    p.add_argument('--seed', type=int, default=0, help='seed of the test and labeled choice (default 0)')
+    p.add_argument('--threshold', type=int, default=None,
+                   help='binary masks: foreground where the mask is above this grey value (lossy JPEG masks: 127)')
+    p.add_argument('--label-map', default=None,
+                   help='JSON (text or file) from label name to grey value or [R, G, B] colour, background first, '
+                        "e.g. '{\"background\": 0, \"polyp\": 255}'")
+    p.add_argument('--channels', choices=('auto', 'rgb', 'gray'), default='auto',
+                   help='auto: RGB when any image has colour, else gray')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing dataset with this id')
+    args = p.parse_args()
+    _run(lambda: convert_image_folders(args.i, args.m, args.d, args.name, unlabeled=args.u, labeled=args.labeled,
+                                       test_fraction=args.test_fraction, seed=args.seed, threshold=args.threshold,
+                                       label_map=parse_label_map(args.label_map), channels=args.channels,
+                                       overwrite=args.overwrite))
+
+
+def convert_cvc_entry() -> None:
+    from dataset_conversion.cvc import DEFAULT_LABELED, convert_cvc
+    p = argparse.ArgumentParser(description="Convert CVC-ClinicDB (images/ and masks/) into an nnU-Net dataset with "
+                                            "the project's split: whole video sequences as test, the first N of a "
+                                            "fixed order of the other frames labeled, the rest unlabeled.")
+    p.add_argument('-i', required=True, help='folder holding images/ and masks/')
+    p.add_argument('--labeled', type=int, default=DEFAULT_LABELED,
+                   help=f'labeled frames (default {DEFAULT_LABELED} = 5%%; 47 = 10%%)')
+    p.add_argument('-d', type=int, required=True, help='dataset id')
+    p.add_argument('--name', default='CVCClinicDB', help='dataset name (default: CVCClinicDB)')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing dataset with this id')
+    args = p.parse_args()
+    _run(lambda: convert_cvc(args.i, args.d, labeled=args.labeled, name=args.name, overwrite=args.overwrite))
+
+
 def evaluate_entry() -> None:
     from nnunetv2_m3hl.evaluation import evaluate_folders
     p = argparse.ArgumentParser(description='Dice, Jaccard, HD95 and ASD per case and class, as in the papers.')
@@ -91,10 +138,14 @@ def check_dataset_entry() -> None:
     from nnunetv2.paths import nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2_m3hl.integrity import DATASET_SUBFOLDERS, check_dataset_files
+    from nnunetv2_m3hl.unlabeled import check_unlabeled_dataset
     p = argparse.ArgumentParser(description=f"Check that every scan file of a raw dataset is whole (compressed "
                                             f"streams complete, voxel data as long as the header says): "
-                                            f"{', '.join(DATASET_SUBFOLDERS)}. Run it next to nnU-Net's "
-                                            f"--verify_dataset_integrity, which does not detect truncated files.")
+                                            f"{', '.join(DATASET_SUBFOLDERS)}; and that every unlabeled case is "
+                                            f"what M3HL training will accept (its files as imagesTr's, read by the "
+                                            f"dataset's reader with the channels of dataset.json). Run it next to "
+                                            f"nnU-Net's --verify_dataset_integrity, which does not detect truncated "
+                                            f"files and does not look at imagesUnlabeledTr.")
     p.add_argument('-d', required=True, help='dataset name or id (in nnUNet_raw)')
     args = p.parse_args()
 
@@ -102,14 +153,23 @@ def check_dataset_entry() -> None:
         if nnUNet_raw is None:
             raise FileNotFoundError("nnUNet_raw is not set: export it")
         start = time.time()
-        n, problems = check_dataset_files(os.path.join(nnUNet_raw, maybe_convert_to_dataset_name(args.d)))
+        raw = os.path.join(nnUNet_raw, maybe_convert_to_dataset_name(args.d))
+        n, problems = check_dataset_files(raw)
         for message in problems:
             print(f"INCOMPLETE: {message}", file=sys.stderr)
         if problems:
             print(f"ERROR: {len(problems)} of {n} files are incomplete; replace them before planning or training",
                   file=sys.stderr)
             sys.exit(2)
-        print(f"{n} files checked in {time.time() - start:.1f} s: all complete")
+        n_unlabeled, unusable = check_unlabeled_dataset(raw)
+        for message in unusable:
+            print(f"UNUSABLE: {message}", file=sys.stderr)
+        if unusable:
+            print(f"ERROR: imagesUnlabeledTr cannot be used for M3HL training ({len(unusable)} problem(s)); fix "
+                  f"them before training", file=sys.stderr)
+            sys.exit(2)
+        print(f"{n} files checked in {time.time() - start:.1f} s: all complete"
+              + (f"; {n_unlabeled} unlabeled cases readable with the dataset's channels" if n_unlabeled else ''))
     _run(check)
 
 

@@ -144,7 +144,7 @@ def integer_strides(spatial_shape: Sequence[int], scale: Sequence[float]) -> Opt
 
 def downsample_for_deep_supervision(maps: Sequence[torch.Tensor], scales: Optional[Sequence[Sequence[float]]]
                                     ) -> List[List[torch.Tensor]]:
-    """Downsample label-like ``(B, 1, *spatial)`` maps to every deep-supervision resolution exactly as
+    """Downsample label-like ``(B, C, *spatial)`` maps to every deep-supervision resolution exactly as
     nnU-Net's data augmentation does for its targets (nearest-exact). Returns one list per scale,
     holding the maps in input order. ``scales=None`` means no deep supervision (one full-res scale).
 
@@ -163,14 +163,14 @@ def downsample_for_deep_supervision(maps: Sequence[torch.Tensor], scales: Option
             result.append([m[views] for m in maps])
     remaining = [scale for scale, level in zip(scales, result) if level is None]
     if remaining:
-        batch_size = maps[0].shape[0]
-        # nnU-Net's transform treats the leading axis as channels: stack all maps there in one call
-        stacked = torch.cat([m[:, 0].float() for m in maps], dim=0)
+        # nnU-Net's transform treats the leading axis as channels: stack every channel of every map there in one
+        # call (label maps have one channel, region maps one per region)
+        stacked = torch.cat([m.flatten(0, 1).float() for m in maps], dim=0)
         interpolated = iter(DownsampleSegForDSTransform(remaining)(segmentation=stacked)['segmentation'])
         for i, level in enumerate(result):
             if level is None:
-                parts = next(interpolated).split(batch_size, dim=0)
-                result[i] = [p.unsqueeze(1).to(m.dtype) for p, m in zip(parts, maps)]
+                parts = next(interpolated).split([m.shape[0] * m.shape[1] for m in maps], dim=0)
+                result[i] = [p.reshape(*m.shape[:2], *p.shape[1:]).to(m.dtype) for p, m in zip(parts, maps)]
     return result
 
 

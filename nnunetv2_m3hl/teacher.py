@@ -216,6 +216,12 @@ def hard_pseudo_labels_and_confidence(logits: torch.Tensor) -> Tuple[torch.Tenso
     return labels, confidence
 
 
+def region_pseudo_labels(logits: torch.Tensor) -> torch.Tensor:
+    """Hard pseudo-labels of a region-based network ``(B, R, *spatial)``: every region where its sigmoid is above
+    0.5 (the logit above 0), as nnU-Net turns region outputs into masks; int64 0/1, one map per region."""
+    return (logits.float() > 0).long()
+
+
 def hard_pseudo_labels(logits: torch.Tensor) -> torch.Tensor:
     """``hard_pseudo_labels_and_confidence``'s labels."""
     return hard_pseudo_labels_and_confidence(logits)[0]

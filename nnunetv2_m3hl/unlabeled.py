@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from time import sleep
 from typing import Dict, Iterator, List, Sequence, Tuple
 
+import numpy as np
+
 from batchgenerators.utilities.file_and_folder_operations import join, load_json, load_pickle, write_pickle
 from filelock import FileLock, Timeout
 from tqdm import tqdm
@@ -55,14 +57,39 @@ def preprocessed_unlabeled_folder(preprocessed_dataset_folder_base: str, data_id
     return join(preprocessed_dataset_folder_base, f'{data_identifier}_unlabeled')
 
 
-def _labeled_identifiers(raw_dataset_folder: str, dataset_json: dict) -> List[str]:
+def _labeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Dict[str, dict]:
+    """The labeled cases as nnU-Net lists them ({identifier: {'images': [...], 'label': ...}})."""
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
-    return sorted(get_filenames_of_train_images_and_targets(raw_dataset_folder, dataset_json).keys())
+    return get_filenames_of_train_images_and_targets(raw_dataset_folder, dataset_json)
+
+
+def declared_channels(dataset_json: dict) -> List[str]:
+    """The channel names of ``dataset.json`` in channel order."""
+    names = dataset_json.get('channel_names', dataset_json.get('modality', {'0': 'image'}))
+    return [names[k] for k in sorted(names, key=int)]
+
+
+def image_files_per_case(labeled_cases: Dict[str, dict], dataset_json: dict) -> int:
+    """How many image files one case has, read off the labeled cases as nnU-Net lists them: one per channel, or
+    fewer where the reader finds several channels in one file (an RGB ``CASE_0000.png``)."""
+    counts: Dict[int, str] = {}
+    for identifier, case in sorted(labeled_cases.items()):
+        counts.setdefault(len(case['images']), identifier)
+    if not counts:
+        return len(declared_channels(dataset_json))
+    if len(counts) > 1:
+        examples = ', '.join(f"'{i}' has {n}" for n, i in sorted(counts.items()))
+        raise UnlabeledDataError(
+            f"The labeled cases of imagesTr differ in their number of image files ({examples}), so it is not clear "
+            f"how many files an unlabeled case needs. Give every case the same files (nnU-Net's "
+            f"--verify_dataset_integrity names the odd ones).")
+    return next(iter(counts))
 
 
 def discover_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> List[UnlabeledCase]:
-    """List and validate the cases of ``imagesUnlabeledTr/``: file ending, channel files and
-    identifiers are checked against ``dataset.json`` and the labeled cases."""
+    """List and validate the cases of ``imagesUnlabeledTr/`` the way nnU-Net lists ``imagesTr``: file ending and
+    names are checked, and every case must have as many files as each labeled case (one per channel, or one RGB
+    file). How many channels those files hold is checked when they are read (``check_channel_count``)."""
     folder = unlabeled_folder_of(raw_dataset_folder)
     if not os.path.isdir(folder):
         raise UnlabeledDataError(
@@ -70,9 +97,13 @@ def discover_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Lis
             f"{UNLABELED_IMAGES_FOLDER}/ (named like imagesTr, e.g. CASE_0000{dataset_json['file_ending']}), "
             f"or train the supervised baseline with -tr nnUNetTrainer.")
     file_ending = dataset_json['file_ending']
-    n_channels = len(dataset_json.get('channel_names', dataset_json.get('modality', {'0': None})))
+    labeled_cases = _labeled_cases(raw_dataset_folder, dataset_json)
+    n_files = image_files_per_case(labeled_cases, dataset_json)
+    n_channels = len(declared_channels(dataset_json))
+    per_case = f"{n_files} file(s) per case as in imagesTr" + (
+        f" ({n_channels} channels in each file)" if n_files == 1 and n_channels > 1 else '')
     pattern = re.compile(r'(.+)_(\d{4})' + re.escape(file_ending))
-    channels_per_case: Dict[str, Dict[int, str]] = {}
+    files_per_identifier: Dict[str, Dict[int, str]] = {}
     for name in sorted(os.listdir(folder)):
         if name.startswith('.'):
             continue
@@ -87,29 +118,40 @@ def discover_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Lis
                 f"{path}: the name does not follow nnU-Net's CASE_0000{file_ending} convention (a 4-digit "
                 f"channel index). Rename it, e.g. to {name[:-len(file_ending)]}_0000{file_ending}.")
         identifier, channel = match.group(1), int(match.group(2))
-        if channel >= n_channels:
+        if channel >= n_files:
             raise UnlabeledDataError(
-                f"{path}: channel {channel:04d}, but dataset.json declares {n_channels} channel(s) "
-                f"(0000..{n_channels - 1:04d}). Remove the extra channel file.")
-        channels_per_case.setdefault(identifier, {})[channel] = path
-    if not channels_per_case:
+                f"{path}: channel {channel:04d}, but this dataset has {per_case} (0000..{n_files - 1:04d}). "
+                f"Remove the extra file.")
+        files_per_identifier.setdefault(identifier, {})[channel] = path
+    if not files_per_identifier:
         raise UnlabeledDataError(
             f"No unlabeled scans: {folder} is empty. Add unlabeled images there (named like imagesTr), or "
             f"train the supervised baseline with -tr nnUNetTrainer.")
-    labeled = set(_labeled_identifiers(raw_dataset_folder, dataset_json))
     cases = []
-    for identifier, channels in sorted(channels_per_case.items()):
-        missing = [c for c in range(n_channels) if c not in channels]
+    for identifier, files in sorted(files_per_identifier.items()):
+        missing = [c for c in range(n_files) if c not in files]
         if missing:
             raise UnlabeledDataError(
                 f"{join(folder, identifier)}_{missing[0]:04d}{file_ending} is missing: every unlabeled case needs "
-                f"all {n_channels} channel(s) of dataset.json. Add the missing channel or remove the case's files.")
-        if identifier in labeled:
+                f"the {per_case}. Add the missing file or remove the case's files.")
+        if identifier in labeled_cases:
             raise UnlabeledDataError(
-                f"{channels[0]}: identifier '{identifier}' is also a labeled case in imagesTr. Unlabeled "
+                f"{files[0]}: identifier '{identifier}' is also a labeled case in imagesTr. Unlabeled "
                 f"identifiers must be distinct: rename the unlabeled scan (e.g. {identifier}_u).")
-        cases.append(UnlabeledCase(identifier, tuple(channels[c] for c in range(n_channels))))
+        cases.append(UnlabeledCase(identifier, tuple(files[c] for c in range(n_files))))
     return cases
+
+
+def check_channel_count(case: UnlabeledCase, image: np.ndarray, dataset_json: dict, reader_name: str) -> None:
+    """Refuse a case whose files, as the dataset's reader returns them, do not hold the channels of
+    ``dataset.json`` (as nnU-Net's ``verify_dataset_integrity`` checks the labeled cases)."""
+    channels = declared_channels(dataset_json)
+    if image.shape[0] != len(channels):
+        raise UnlabeledDataError(
+            f"{case.image_files[0]}: {reader_name} reads {image.shape[0]} channel(s) from this case, but "
+            f"dataset.json declares {len(channels)} ({', '.join(map(str, channels))}). Save the scan with the "
+            f"dataset's channels (e.g. RGB for a natural image, no alpha) or remove it from "
+            f"{UNLABELED_IMAGES_FOLDER}/.")
 
 
 # what decides a preprocessed scan's voxels: the configuration's resampling and normalisation, and the plans'
@@ -188,11 +230,58 @@ def image_dimensionality(properties: dict) -> int:
     return len(properties['spacing'])
 
 
-def reference_dimensionality(raw_dataset_folder: str, dataset_json: dict, plans_manager: PlansManager) -> int:
-    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
-    first = next(iter(get_filenames_of_train_images_and_targets(raw_dataset_folder, dataset_json).values()))
-    _, props = plans_manager.image_reader_writer_class().read_images(first['images'])
+def reference_dimensionality(raw_dataset_folder: str, dataset_json: dict, reader) -> int:
+    """Axes of the first labeled image as ``reader`` (the dataset's reader instance) returns it."""
+    first = next(iter(_labeled_cases(raw_dataset_folder, dataset_json).values()))
+    _, props = reader.read_images(first['images'])
     return image_dimensionality(props)
+
+
+def read_unlabeled_case(case: UnlabeledCase, reader, dataset_json: dict, expected_dimensionality: int) -> dict:
+    """Read one case with the dataset's reader and check it as training will use it: every file whole, readable,
+    the declared channels, the labeled images' dimensionality. Returns the reader's properties; raises
+    UnlabeledDataError naming the file and the fix."""
+    for f in case.image_files:
+        try:
+            check_scan_complete(f)
+        except IncompleteScanError as e:
+            raise UnlabeledDataError(f"{e} Or remove it from {UNLABELED_IMAGES_FOLDER}/.") from e
+    try:
+        image, props = reader.read_images(list(case.image_files))
+    except Exception as e:
+        raise UnlabeledDataError(
+            f"{case.image_files[0]}: cannot be read ({type(e).__name__}: {e}). Replace the file with a valid "
+            f"scan or remove it from {UNLABELED_IMAGES_FOLDER}/.") from e
+    check_channel_count(case, image, dataset_json, type(reader).__name__)
+    if image_dimensionality(props) != expected_dimensionality:
+        raise UnlabeledDataError(
+            f"{case.image_files[0]}: a {image_dimensionality(props)}D image, but the labeled images of this "
+            f"dataset are {expected_dimensionality}D. Convert it to match or remove it.")
+    return props
+
+
+def check_unlabeled_dataset(raw_dataset_folder: str, verbose: bool = True) -> Tuple[int, List[str]]:
+    """What ``nnUNetv2_train -tr M3HLTrainer`` will check of ``imagesUnlabeledTr/`` before preprocessing it, with
+    the reader nnU-Net's planner picks for the dataset: returns the number of cases and one message per unusable
+    case (none when the folder does not exist: the dataset is a supervised one)."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    if not os.path.isdir(unlabeled_folder_of(raw_dataset_folder)):
+        return 0, []
+    dataset_json = load_json(join(raw_dataset_folder, 'dataset.json'))
+    try:
+        cases = discover_unlabeled_cases(raw_dataset_folder, dataset_json)
+    except UnlabeledDataError as e:
+        return 0, [str(e)]
+    first_labeled = next(iter(_labeled_cases(raw_dataset_folder, dataset_json).values()))
+    reader = determine_reader_writer_from_dataset_json(dataset_json, first_labeled['images'][0])()
+    expected = reference_dimensionality(raw_dataset_folder, dataset_json, reader)
+    problems = []
+    for case in tqdm(cases, desc='Reading unlabeled scans', disable=not verbose):
+        try:
+            read_unlabeled_case(case, reader, dataset_json, expected)
+        except UnlabeledDataError as e:
+            problems.append(str(e))
+    return len(cases), problems
 
 
 def preprocess_one_case(case: UnlabeledCase, output_folder: str, plans: dict, configuration_name: str,
@@ -201,22 +290,7 @@ def preprocess_one_case(case: UnlabeledCase, output_folder: str, plans: dict, co
     Raises UnlabeledDataError naming the file when the scan cannot be used."""
     plans_manager = PlansManager(plans)
     configuration_manager = plans_manager.get_configuration(configuration_name)
-    reader = plans_manager.image_reader_writer_class()
-    for f in case.image_files:
-        try:
-            check_scan_complete(f)
-        except IncompleteScanError as e:
-            raise UnlabeledDataError(f"{e} Or remove it from {UNLABELED_IMAGES_FOLDER}/.") from e
-    try:
-        _, props = reader.read_images(list(case.image_files))
-    except Exception as e:
-        raise UnlabeledDataError(
-            f"{case.image_files[0]}: cannot be read ({type(e).__name__}: {e}). Replace the file with a valid "
-            f"scan or remove it from {UNLABELED_IMAGES_FOLDER}/.") from e
-    if image_dimensionality(props) != expected_dimensionality:
-        raise UnlabeledDataError(
-            f"{case.image_files[0]}: a {image_dimensionality(props)}D image, but the labeled images of this "
-            f"dataset are {expected_dimensionality}D. Convert it to match or remove it.")
+    read_unlabeled_case(case, plans_manager.image_reader_writer_class(), dataset_json, expected_dimensionality)
     tmp = join(output_folder, _temporary_case_name(case.identifier))
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
     try:
@@ -311,7 +385,8 @@ def _bring_up_to_date(cases: List[UnlabeledCase], output_folder: str, plans: dic
     if not todo:
         return
 
-    expected_dim = reference_dimensionality(raw_dataset_folder, dataset_json, plans_manager)
+    expected_dim = reference_dimensionality(raw_dataset_folder, dataset_json,
+                                            plans_manager.image_reader_writer_class())
     args = [(case, output_folder, plans, configuration_name, dataset_json, expected_dim) for case in todo]
 
     def record(case: UnlabeledCase) -> None:
@@ -360,9 +435,6 @@ class UnlabeledDataLoader(nnUNetDataLoader):
 
 
 def check_configuration_supported(configuration_manager: ConfigurationManager, label_manager: LabelManager) -> None:
-    if label_manager.has_regions:
-        raise UnlabeledDataError("M3HL mixes hard (pseudo-)labels and needs label-based training; this dataset "
-                                 "uses regions. Use nnUNetTrainer for region-based datasets.")
     if configuration_manager.previous_stage_name is not None:
         raise UnlabeledDataError("M3HL does not support cascade stages (3d_cascade_fullres); use 2d, 3d_fullres "
                                  "or 3d_lowres.")

@@ -119,6 +119,66 @@ def test_full_two_stage_spec_reuses_the_first_trainers_own_run(real_data, tmp_pa
     assert list(models) == real_data.expected_models('nnUNetTrainer>M3HLTrainer') == ['nnUNetTrainer>M3HLTrainer']
 
 
+def test_self_training_pseudo_labels_the_unlabeled_scans_and_trains_nnunet_on_all(real_data, tmp_path, monkeypatch):
+    """nnU-Net's own recipe: the source model of the seed predicts the unlabeled scans, nnUNetTrainer trains from
+    scratch on labeled + pseudo-labeled cases with the same plans, budget and validation cases; a rerun redoes
+    nothing."""
+    import json
+    name = 'Dataset271_ACDC'
+    raw, pre = tmp_path / 'nnUNet_raw' / name, tmp_path / 'nnUNet_preprocessed' / name
+    for folder in ('imagesTr', 'labelsTr', 'imagesUnlabeledTr', 'imagesTs', 'labelsTs'):
+        (raw / folder).mkdir(parents=True)
+    for case in ('p1', 'p2'):
+        (raw / 'imagesTr' / f'{case}_0000.nii.gz').write_text(case)
+        (raw / 'labelsTr' / f'{case}.nii.gz').write_text(case)
+    for case in ('u1', 'u2', 'u3'):
+        (raw / 'imagesUnlabeledTr' / f'{case}_0000.nii.gz').write_text(case)
+    (raw / 'dataset.json').write_text(json.dumps({'file_ending': '.nii.gz', 'channel_names': {'0': 'MRI'},
+                                                 'labels': {'background': 0, 'a': 1}, 'numTraining': 2}))
+    pre.mkdir(parents=True)
+    for f in ('nnUNetPlans_cpu_narrow.json', 'dataset_fingerprint.json'):
+        (pre / f).write_text('{}')
+    (pre / 'splits_final.json').write_text(json.dumps([{'train': ['p1'], 'val': ['p2']}]))
+    calls = []
+
+    def fake_run(cmd, env, log_file=None):
+        if cmd[1:2] == ['-c']:
+            calls.append(('preprocess', env['nnUNet_preprocessed']))
+        elif os.path.basename(cmd[0]) == 'nnUNetv2_predict':
+            out = cmd[cmd.index('-o') + 1]
+            calls.append(('predict', cmd[cmd.index('-i') + 1], cmd[cmd.index('-tr') + 1]))
+            os.makedirs(out, exist_ok=True)
+            for f in os.listdir(cmd[cmd.index('-i') + 1]):
+                open(os.path.join(out, f.replace('_0000', '')), 'w').write('pseudo')
+        else:
+            options = json.loads(cmd[-1])
+            calls.append(('train', options['trainer'], options['pretrained'], env['nnUNet_results']))
+            fold = real_data.fold_folder(env['nnUNet_results'], name, options['trainer'], options['plans'], '2d')
+            os.makedirs(fold, exist_ok=True)
+            open(os.path.join(fold, 'checkpoint_final.pth'), 'w').close()
+    monkeypatch.setattr(real_data, 'run', fake_run)
+    spec = 'selftraining(nnUNetTrainer)'
+    args = _args(tmp_path, 'cpu_long')
+    models, env = real_data.train_spec(spec, args, name, 0)
+    assert [c[0] for c in calls] == ['train', 'predict', 'preprocess', 'train']
+    source_results, st_results = calls[0][3], calls[3][3]
+    assert calls[1][1:] == (str(raw / 'imagesUnlabeledTr'), 'nnUNetTrainer')
+    assert calls[3][1:3] == ('nnUNetTrainer', None) and st_results != source_results
+    st_raw = os.path.join(env['nnUNet_raw'], name)
+    assert sorted(os.listdir(os.path.join(st_raw, 'labelsTr'))) == ['p1.nii.gz', 'p2.nii.gz', 'u1.nii.gz',
+                                                                    'u2.nii.gz', 'u3.nii.gz']
+    assert open(os.path.join(st_raw, 'labelsTr', 'u2.nii.gz')).read() == 'pseudo'
+    assert len(os.listdir(os.path.join(st_raw, 'imagesTr'))) == 5
+    split = json.load(open(os.path.join(env['nnUNet_preprocessed'], name, 'splits_final.json')))
+    assert split == [{'train': ['p1', 'u1', 'u2', 'u3'], 'val': ['p2']}]
+    assert json.load(open(os.path.join(st_raw, 'dataset.json')))['numTraining'] == 5
+    assert list(models) == real_data.expected_models(spec) == [spec]
+    assert models[spec][0].startswith(st_results)
+    assert real_data.spec_slug(spec) == 'selftraining_of_nnUNetTrainer'
+    real_data.train_spec(spec, args, name, 0)
+    assert len(calls) == 4
+
+
 def test_a_fresh_workdir_gets_the_cpu_plans_before_the_narrow_ones(real_data, tmp_path, monkeypatch):
     """The converging budget plans a new workdir at the cpu spacing under the cpu plans' name (nnU-Net's planner
     would otherwise write its native nnUNetPlans), then derives the narrow plans from them."""

@@ -1,27 +1,34 @@
-"""M3HL against nnU-Net on real scans (ACDC, LA), with the published splits and the papers' metrics.
+"""M3HL against nnU-Net on real scans (ACDC, LA, CVC-ClinicDB), with the published splits (CVC: the project's) and
+the papers' metrics.
 
     python benchmarks/quality/real_data.py --dataset acdc --data /data/ACDC --labeled 3 --budget cpu \
         --workdir /scratch/acdc3 -o benchmarks/results/real_acdc3_cpu.json
     python benchmarks/quality/real_data.py --dataset la --data "/data/LA/2018LA_Seg_Training Set" --labeled 4 ...
 
 One command per (dataset, labeled count); ``--seeds`` runs several seeds. The data folder is converted with the
-package's converter (either ACDC layout, either LA layout) into ``--workdir``, which holds its own nnUNet_raw,
-nnUNet_preprocessed and nnUNet_results. Every trainer of ``--trainers`` is trained on the same plans with the same
-budget, the official test set is predicted with ``nnUNetv2_predict`` (an M3HL fold also with its EMA teacher,
-``-chk checkpoint_final_teacher.pth``) and evaluated in the papers' convention against the original labels at
-their original resolution. No checkpoint is chosen on the test set: each model is the final checkpoint.
-Fold 0's validation cases (ACDC: the protocol's 10 validation patients; LA: nnU-Net's fold 0) are predicted and
-scored the same way; settings are chosen on them. ``--splits validation`` scores candidates there only, and a
-later call with both splits adds the test scores of the chosen one without training again.
+package's converter (either ACDC layout, either LA layout, CVC-ClinicDB's images/ + masks/) into ``--workdir``,
+which holds its own nnUNet_raw, nnUNet_preprocessed and nnUNet_results. Every trainer of ``--trainers`` is trained
+on the same plans with the same budget, the official test set is predicted with ``nnUNetv2_predict`` (an M3HL fold
+also with its EMA teacher, ``-chk checkpoint_final_teacher.pth``) and evaluated in the papers' convention against
+the original labels at their original resolution. No checkpoint is chosen on the test set: each model is the final
+checkpoint. Fold 0's validation cases (ACDC: the protocol's 10 validation patients; LA: the labeled scans; CVC:
+nnU-Net's fold 0 of the labeled frames) are predicted and scored the same way; settings are chosen on them.
+``--splits validation`` scores candidates there only, and a later call with both splits adds the test scores of the
+chosen one without training again.
 
 A trainer spec ``A+B`` is the two-stage recipe at the same total budget: ``A`` trained for
 ``--pretrain-fraction`` of the iterations, then ``B`` for the rest, started from ``A``'s final checkpoint with
-nnU-Net's own ``-pretrained_weights`` path; ``A``'s model is scored as well.
+nnU-Net's own ``-pretrained_weights`` path; ``A``'s model is scored as well. ``selftraining(A)`` is nnU-Net's own
+self-training recipe: ``A``'s model of the seed pseudo-labels every unlabeled scan, then ``nnUNetTrainer`` trains on
+labeled plus pseudo-labeled cases for the whole budget.
 
 Budgets:
 - ``cpu``: plans made by nnU-Net's planner with a coarser target spacing (ACDC 2d at 2 mm in plane, LA
-  3d_fullres at 1.875 mm isotropic) and a smaller batch (``--batch-size``), ``--iterations`` per trainer.
-  Predictions are resampled by nnU-Net back to the original geometry. Default iterations: ACDC 600, LA 300.
+  3d_fullres at 1.875 mm isotropic, CVC 2d at half the pixel size) and a smaller batch (``--batch-size``),
+  ``--iterations`` per trainer. Predictions are resampled by nnU-Net back to the original geometry. Default
+  iterations: ACDC and CVC 600, LA 300.
+- ``cpu_long``: the ``cpu`` plans with half the network widths and a larger batch, ACDC and CVC 5000 iterations, LA
+  3000.
 - ``gpu``: nnU-Net's native plans; each trainer trains until ``--minutes`` of wall-clock time are used (the
   epoch count is fixed after the first epoch from its measured duration).
 
@@ -48,7 +55,12 @@ DATASETS = {
              'cpu_long_batch': 8, 'cpu_long_iterations': 5000},
     'la': {'id': 281, 'configuration': '3d_fullres', 'cpu_spacing': [1.875, 1.875, 1.875], 'cpu_batch': 2,
            'cpu_iterations': 300, 'cpu_long_batch': 2, 'cpu_long_iterations': 3000},
+    # RGB frames of 256x256 read by NaturalImage2DIO (spacing 999 x 1 x 1): the cpu plans halve them to 128x128
+    'cvc': {'id': 291, 'configuration': '2d', 'cpu_spacing': [999.0, 2.0, 2.0], 'cpu_batch': 4, 'cpu_iterations': 600,
+            'cpu_long_batch': 8, 'cpu_long_iterations': 5000, 'name': 'CVCClinicDB'},
 }
+# the package's converter of each dataset: module of dataset_conversion and function
+CONVERTERS = {'acdc': ('acdc', 'convert_acdc'), 'la': ('la', 'convert_la'), 'cvc': ('cvc', 'convert_cvc')}
 # published means (Dice %) and their budgets, for scale
 ANCHORS = {
     ('acdc', 3): [('BCP (Bai et al., CVPR 2023)', 87.59), ('AD-MT', 88.75)],
@@ -130,15 +142,15 @@ def prepare_dataset(dataset: str, data: str, labeled: int, workdir: str, budget:
     did, configuration = spec['id'], spec['configuration']
     # the converging budget's plans are derived from the cpu plans and share their preprocessed data
     plans = plans_name('cpu' if budget == 'cpu_long' else budget)
-    name = f"Dataset{did:03d}_{dataset.upper()}"
+    name = f"Dataset{did:03d}_{spec.get('name', dataset.upper())}"
     raw = os.path.join(env['nnUNet_raw'], name)
     pre = os.path.join(env['nnUNet_preprocessed'], name)
     nnunet = [sys.executable, '-c']
     entry = 'from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import {0} as m; m()'.format
     if not os.path.isdir(raw):
         log(f"converting {data} ({dataset}, {labeled} labeled)")
-        converter = 'convert_acdc' if dataset == 'acdc' else 'convert_la'
-        run([sys.executable, '-c', f'from dataset_conversion.{dataset} import {converter} as c; import sys; '
+        module, converter = CONVERTERS[dataset]
+        run([sys.executable, '-c', f'from dataset_conversion.{module} import {converter} as c; import sys; '
              f'c(sys.argv[1], {did}, labeled={labeled})', data], env)
     plans_file = os.path.join(pre, f'{plans}.json')
     if not os.path.isfile(plans_file):
@@ -263,6 +275,9 @@ def fold_folder(results: str, dataset_name: str, trainer: str, plans: str, confi
 
 
 def spec_slug(spec: str) -> str:
+    source = self_training_source(spec)
+    if source:
+        return f'{SELF_TRAINING}_of_{spec_slug(source)}'
     return spec.replace('>', '_full_then_').replace('+', '_then_')
 
 
@@ -292,6 +307,8 @@ def training_options(args) -> dict:
 def train_spec(spec: str, args, dataset_name: str, seed: int) -> tuple:
     """Train every stage of a spec that is not trained yet (a stopped stage resumes); returns ({scored model name:
     (fold, checkpoint)}, the spec's nnU-Net environment)."""
+    if self_training_source(spec):
+        return train_self_training(spec, args, dataset_name, seed)
     cfg = DATASETS[args.dataset]
     plans = plans_name(args.budget)
     stages = spec_stages(spec, args.iterations, args.minutes, args.pretrain_fraction)
@@ -319,12 +336,115 @@ def train_spec(spec: str, args, dataset_name: str, seed: int) -> tuple:
     return models, env
 
 
+SELF_TRAINING = 'selftraining'
+
+
+def self_training_source(spec: str) -> Optional[str]:
+    """The spec whose model labels the unlabeled scans in ``selftraining(SOURCE)``, None for any other spec."""
+    if spec.startswith(f'{SELF_TRAINING}(') and spec.endswith(')'):
+        return spec[len(SELF_TRAINING) + 1:-1]
+    return None
+
+
+def self_training_root(workdir: str, seed: int, source: str) -> str:
+    return os.path.join(workdir, 'selftraining', f'seed{seed}_{spec_slug(source)}')
+
+
+def write_self_training_dataset(env: Dict[str, str], st_env: Dict[str, str], dataset_name: str, plans: str,
+                                pseudo_labels: str) -> int:
+    """nnU-Net's raw and preprocessed folders of the self-training dataset: every case of ``imagesTr`` with its
+    label plus every unlabeled scan with its pseudo-label (links into the benchmark's raw folder), the benchmark's
+    plans and fold 0's validation cases; returns the number of pseudo-labeled cases."""
+    raw, st_raw = (os.path.join(e['nnUNet_raw'], dataset_name) for e in (env, st_env))
+    pre, st_pre = (os.path.join(e['nnUNet_preprocessed'], dataset_name) for e in (env, st_env))
+    dataset = json.load(open(os.path.join(raw, 'dataset.json')))
+    ending = dataset['file_ending']
+    unlabeled = sorted(f[:-len(ending)] for f in os.listdir(pseudo_labels) if f.endswith(ending))
+    if os.path.isdir(st_raw):
+        return len(unlabeled)
+    tmp = f'{st_raw}.tmp{os.getpid()}'
+    for sub in ('imagesTr', 'labelsTr'):
+        os.makedirs(os.path.join(tmp, sub))
+    for name in os.listdir(os.path.join(raw, 'imagesTr')):
+        os.symlink(os.path.join(raw, 'imagesTr', name), os.path.join(tmp, 'imagesTr', name))
+    for name in os.listdir(os.path.join(raw, 'labelsTr')):
+        os.symlink(os.path.join(raw, 'labelsTr', name), os.path.join(tmp, 'labelsTr', name))
+    for name in os.listdir(os.path.join(raw, 'imagesUnlabeledTr')):
+        os.symlink(os.path.join(raw, 'imagesUnlabeledTr', name), os.path.join(tmp, 'imagesTr', name))
+    for case in unlabeled:
+        os.symlink(os.path.join(pseudo_labels, case + ending), os.path.join(tmp, 'labelsTr', case + ending))
+    for sub in ('imagesTs', 'labelsTs'):
+        os.symlink(os.path.join(raw, sub), os.path.join(tmp, sub))
+    dataset['numTraining'] = len(os.listdir(os.path.join(tmp, 'labelsTr')))
+    dataset['description'] = (dataset.get('description', '') + f' | self-training: {len(unlabeled)} unlabeled '
+                              f'scans with pseudo-labels from {pseudo_labels}').strip(' |')
+    with open(os.path.join(tmp, 'dataset.json'), 'w') as f:
+        json.dump(dataset, f, indent=1)
+    os.makedirs(st_pre, exist_ok=True)
+    import shutil
+    for name in (f'{plans}.json', 'dataset_fingerprint.json'):
+        shutil.copy(os.path.join(pre, name), os.path.join(st_pre, name))
+    shutil.copy(os.path.join(tmp, 'dataset.json'), os.path.join(st_pre, 'dataset.json'))
+    fold0 = json.load(open(os.path.join(pre, 'splits_final.json')))[0]
+    with open(os.path.join(st_pre, 'splits_final.json'), 'w') as f:
+        json.dump([{'train': sorted(fold0['train']) + unlabeled, 'val': fold0['val']}], f, indent=1)
+    os.makedirs(os.path.dirname(st_raw), exist_ok=True)
+    os.replace(tmp, st_raw)
+    return len(unlabeled)
+
+
+def train_self_training(spec: str, args, dataset_name: str, seed: int) -> tuple:
+    """nnU-Net's own answer to unlabeled scans, as its maintainers describe it (MIC-DKFZ/nnUNet issues #2338,
+    #2233): the SOURCE model of this seed (trained if it is not there yet) predicts every unlabeled scan with
+    ``nnUNetv2_predict`` (final checkpoint, hard labels), and ``nnUNetTrainer`` trains from scratch on the labeled
+    plus pseudo-labeled cases with the same plans, budget and validation cases. Every step is skipped when its
+    output is complete, so a stopped run resumes."""
+    source = self_training_source(spec)
+    cfg = DATASETS[args.dataset]
+    plans = plans_name(args.budget)
+    source_models, source_env = train_spec(source, args, dataset_name, seed)
+    fold, checkpoint = source_models[source]
+    root = self_training_root(args.workdir, seed, source)
+    pseudo_labels = os.path.join(root, 'pseudo_labels')
+    unlabeled_images = os.path.join(source_env['nnUNet_raw'], dataset_name, 'imagesUnlabeledTr')
+    ending = json.load(open(os.path.join(source_env['nnUNet_raw'], dataset_name, 'dataset.json')))['file_ending']
+    expected = {f[:-len(ending) - 5] + ending for f in os.listdir(unlabeled_images) if f.endswith(ending)}
+    if not expected <= set(os.listdir(pseudo_labels) if os.path.isdir(pseudo_labels) else []):
+        log(f"seed {seed}, {spec}: {source} predicts the {len(expected)} unlabeled scans (pseudo-labels)")
+        os.makedirs(os.path.join(args.workdir, 'logs'), exist_ok=True)
+        trainer = os.path.basename(os.path.dirname(fold)).split('__')[0]
+        run([os.path.join(os.path.dirname(sys.executable), 'nnUNetv2_predict'), '-i', unlabeled_images,
+             '-o', pseudo_labels, '-d', str(cfg['id']), '-c', cfg['configuration'], '-f', '0', '-tr', trainer,
+             '-p', plans, '-chk', checkpoint, '-device', args.device, '-npp', '1', '-nps', '1',
+             '--disable_progress_bar'], source_env,
+            os.path.join(args.workdir, 'logs', f'pseudolabel_seed{seed}_{spec_slug(source)}.log'))
+    env = nnunet_env(root)
+    n = write_self_training_dataset(source_env, env, dataset_name, plans, pseudo_labels)
+    marker = os.path.join(env['nnUNet_preprocessed'], dataset_name, f'.{plans}_{cfg["configuration"]}_preprocessed')
+    if not os.path.isfile(marker):
+        log(f"seed {seed}, {spec}: preprocessing the labeled and {n} pseudo-labeled cases ({plans})")
+        run([sys.executable, '-c', 'from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import '
+             'preprocess_entry as m; m()', '-d', str(cfg['id']), '-plans_name', plans, '-c', cfg['configuration'],
+             '-np', '2'], env, os.path.join(args.workdir, 'logs', f'preprocess_seed{seed}_{spec_slug(spec)}.log'))
+        open(marker, 'w').close()
+    fold = fold_folder(env['nnUNet_results'], dataset_name, 'nnUNetTrainer', plans, cfg['configuration'])
+    if not os.path.isfile(os.path.join(fold, 'checkpoint_final.pth')):
+        log(f"seed {seed}, {spec}: training nnUNetTrainer on the labeled and pseudo-labeled cases "
+            f"({args.iterations} iterations)")
+        options = dict(dataset_id=cfg['id'], configuration=cfg['configuration'], plans=plans,
+                       trainer='nnUNetTrainer', iterations=args.iterations, minutes=args.minutes, seed=seed,
+                       device=args.device, pretrained=None, **training_options(args))
+        run([sys.executable, os.path.abspath(__file__), '_train', json.dumps(options)], env,
+            os.path.join(args.workdir, 'logs', f'seed{seed}_{spec_slug(spec)}.log'))
+    return {spec: (fold, 'checkpoint_final.pth')}, env
+
+
 def stage_name(spec: str, stage: str) -> str:
     return f'{stage} (first stage of {spec})'
 
 
 def expected_models(spec: str) -> List[str]:
-    if '>' in spec:
+    if '>' in spec or self_training_source(spec):
         return [spec]
     stages = spec.split('+')
     return [stage_name(spec, s) for s in stages[:-1]] + [spec]
@@ -545,13 +665,17 @@ def save(store: dict, path: str) -> None:
 def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--dataset', choices=sorted(DATASETS), required=True)
-    p.add_argument('--data', required=True, help='ACDC root (official or SSL4MIS h5) or LA case folder')
-    p.add_argument('--labeled', type=int, required=True, help='labeled patients (ACDC) or scans (LA)')
+    p.add_argument('--data', required=True, help='ACDC root (official or SSL4MIS h5), LA case folder or CVC-ClinicDB '
+                                                 'folder (images/, masks/)')
+    p.add_argument('--labeled', type=int, required=True,
+                   help='labeled patients (ACDC), scans (LA) or frames (CVC: 23 = 5%%, 47 = 10%%)')
     p.add_argument('--workdir', required=True, help='folder for the converted data, plans, models and predictions')
     p.add_argument('-o', '--output', required=True, help='results JSON (read first when it exists: resume)')
     p.add_argument('--budget', choices=('cpu', 'cpu_long', 'gpu'), default='cpu')
     p.add_argument('--trainers', nargs='+', default=['nnUNetTrainer', 'M3HLTrainer'],
-                   help="trainer specs; 'A+B' = A then B from A's weights at the same total budget")
+                   help="trainer specs; 'A+B' = A then B from A's weights at the same total budget; "
+                        "'selftraining(A)' = nnU-Net's self-training: A's model pseudo-labels the unlabeled scans, "
+                        "then nnUNetTrainer trains on labeled + pseudo-labeled cases")
     p.add_argument('--seeds', nargs='+', type=int, default=[0])
     p.add_argument('--iterations', type=int, default=None,
                    help='iterations per trainer spec (cpu default: ACDC 600, LA 300; gpu: bounded by --minutes)')

@@ -24,16 +24,15 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2_m3hl.checkpointing import load_checkpoint_safely, save_atomically
 from nnunetv2_m3hl.features import HIGH_COSINE_PER_SAMPLE, FeatureTap, high_level_loss, is_compiled, \
     low_level_loss, unwrap_network
-from nnunetv2_m3hl.losses import RegionWeightedDiceCE
+from nnunetv2_m3hl.label_forms import label_form_for
 from nnunetv2_m3hl.mixing import MixedBatch, downsample_for_deep_supervision, make_block_masks, mix_images, \
-    mix_targets, number_of_couples
-from nnunetv2_m3hl.overlap import PseudoLabelCleanup, Ready
+    number_of_couples
+from nnunetv2_m3hl.overlap import PseudoLabelCleanup
 from nnunetv2_m3hl.pretrained import PretrainedWeightsWatcher, whole_model_state
 from nnunetv2_m3hl.progress import M3HLLocalLogger
 from nnunetv2_m3hl.schedule import ema_decay_at, student_is_ready, teacher_terms_scale
 from nnunetv2_m3hl.step_guard import NonFiniteStepGuard
-from nnunetv2_m3hl.teacher import broadcast_teacher, ema_update, gate_by_confidence, \
-    hard_pseudo_labels_and_confidence, kept_share_per_class, make_teacher
+from nnunetv2_m3hl.teacher import broadcast_teacher, ema_update, kept_share_per_class, make_teacher
 from nnunetv2_m3hl.unlabeled import UnlabeledDataLoader, check_configuration_supported, n_proc_da_environment, \
     n_proc_split, preprocess_unlabeled, preprocessed_unlabeled_folder, unlabeled_identifiers
 from nnunetv2_m3hl.views import WeakAndStrongViews, split_views
@@ -44,16 +43,6 @@ TEACHER_CHECKPOINT = 'checkpoint_final_teacher.pth'
 
 def _cycle(batch: torch.Tensor, n: int) -> torch.Tensor:
     return batch if batch.shape[0] == n else batch[torch.arange(n) % batch.shape[0]]
-
-
-class _GatedPseudoLabels:
-    """A started cleanup whose map is gated by the teacher's confidence once it is ready."""
-
-    def __init__(self, cleaning, confidence: torch.Tensor, threshold: float):
-        self.cleaning, self.confidence, self.threshold = cleaning, confidence, threshold
-
-    def result(self) -> torch.Tensor:
-        return gate_by_confidence(self.cleaning.result(), self.confidence, self.threshold)
 
 
 class M3HLTrainer(nnUNetTrainer):
@@ -170,8 +159,9 @@ class M3HLTrainer(nnUNetTrainer):
         self.teacher_tap = FeatureTap(self.teacher)
         self._pretrained_watcher = PretrainedWeightsWatcher(student)
         self.pseudo_label_cleanup = PseudoLabelCleanup(self.pseudo_label_cleanup_mode)
-        mix_loss = RegionWeightedDiceCE(self.u_weight, self.label_manager.ignore_label)
-        mix_loss.leave_out_negative = self.pseudo_label_confidence_threshold is not None
+        # label maps or label regions: what differs between them (pseudo-labels, cleanup, targets, loss)
+        self.label_form = label_form_for(self.label_manager)
+        mix_loss = self.label_form.mix_loss(self.u_weight, self.pseudo_label_confidence_threshold is not None)
         self.region_loss = mix_loss
         # same deep-supervision weights as nnU-Net's own loss
         self.mix_loss = DeepSupervisionWrapper(mix_loss, self.loss.weight_factors) \
@@ -328,10 +318,7 @@ class M3HLTrainer(nnUNetTrainer):
         student_high, student_low = self.student_tap.pop()
 
         pseudo, teacher_high, teacher_low = teacher_outputs.result()
-        pseudo = pseudo.unsqueeze(1)
-        # targets as int64 and regions as bool once at full resolution: every deep-supervision scale is a view of
-        # them, so the loss converts nothing per scale
-        mixed = MixedBatch(images, mix_targets(y_l.long(), pseudo, from_unlabeled), from_unlabeled, masks)
+        mixed = MixedBatch(images, self.label_form.mixed_targets(y_l, pseudo, from_unlabeled), from_unlabeled, masks)
         per_scale = downsample_for_deep_supervision([mixed.targets, mixed.from_unlabeled.bool()],
                                                     self._get_deep_supervision_scales())
         targets = [t for t, _ in per_scale]
@@ -380,18 +367,16 @@ class M3HLTrainer(nnUNetTrainer):
         return out
 
     def teacher_pass(self, x_unlabeled: torch.Tensor):
-        """The teacher's forward on the unlabeled patches: (the started cleanup of its argmax, whose ``result()`` is
-        the pseudo-label map, its bottleneck features, its last decoder features)."""
+        """The teacher's forward on the unlabeled patches: (the started pseudo-labels, whose ``result()`` is the
+        label map or the region maps of ``label_forms``, its bottleneck features, its last decoder features)."""
         with torch.no_grad(), self._autocast():
             teacher_logits = self.teacher_network(x_unlabeled)
             teacher_high, teacher_low = self.teacher_tap.pop()
-        hard, confidence = hard_pseudo_labels_and_confidence(teacher_logits)
-        n_classes = teacher_logits.shape[1]
+        pseudo = self.label_form.start_pseudo_labels(
+            teacher_logits, self.pseudo_label_cleanup if self.largest_component else None,
+            self.pseudo_label_confidence_threshold)
         del teacher_logits  # not held through the student's forward and backward
-        cleaning = self.pseudo_label_cleanup.start(hard, n_classes) if self.largest_component else Ready(hard)
-        if self.pseudo_label_confidence_threshold is not None:
-            cleaning = _GatedPseudoLabels(cleaning, confidence, self.pseudo_label_confidence_threshold)
-        return cleaning, teacher_high, teacher_low
+        return pseudo, teacher_high, teacher_low
 
     def _skip_nonfinite_step(self, loss: torch.Tensor) -> dict:
         """Every rank skips together (see ``step_guard``)."""
@@ -409,8 +394,8 @@ class M3HLTrainer(nnUNetTrainer):
         logits = output[0] if isinstance(output, (list, tuple)) else output
         self._example_panels = {
             'labeled image': x_l[0], 'unlabeled image': x_u[0], 'mask (1 = unlabeled)': mixed.from_unlabeled[0],
-            'mixed image': mixed.images[0], 'mixed target': mixed.targets[0],
-            'student prediction': logits[0].detach().argmax(0, keepdim=True)}
+            'mixed image': mixed.images[0], 'mixed target': self.label_form.shown_target(mixed.targets[0]),
+            'student prediction': self.label_form.shown_prediction(logits[0])}
         self._example_panels = {k: v.detach().cpu() for k, v in self._example_panels.items()}
         self._capture_example = False
 
