@@ -18,7 +18,7 @@ import numpy as np
 
 DEMO_DATASET_ID = 990
 # chosen for what they show: with 2 labeled cases the benchmark's gain of the default over nnU-Net lies beyond its
-# seed-to-seed spread (+6.36 points over 3 seeds, ahead on every seed; benchmarks/RESULTS.md), which is what
+# seed-to-seed spread (+6.36 points over 3 seeds, ahead on every seed; benchmarks/HISTORY.md), which is what
 # semi-supervised learning is for; 5 x 60 iterations per trainer keep the whole demo within 15 minutes on a 2-core CPU
 DEFAULT_SETTINGS = {'n_labeled': 2, 'n_unlabeled': 40, 'n_test': 12, 'epochs': 5, 'iterations': 60,
                     'shape': [96, 96]}

@@ -1,9 +1,9 @@
-"""What one demo run can and cannot show: its Dice difference to nnU-Net against the seed-to-seed spread that
-the label-efficiency benchmark measured with the demo's own settings.
+"""What one demo run can and cannot show: its Dice difference to nnU-Net against the gains that the demo's own
+command gave over several seeds.
 
-The reference (``demo_reference.json`` next to this file) is written by
-``benchmarks/quality/label_efficiency.py --export-demo-reference`` from runs with exactly the demo's default settings;
-it holds every seed's mean Dice per trained model and the command that measured them.
+The reference (``demo_reference.json`` next to this file) is written by ``benchmarks/quality/demo_reference.py``,
+which runs ``nnUNetv2_m3hl_demo --seed S`` as a user does; it holds every seed's mean Dice per trained model, the
+command, the commit and the machine.
 """
 import json
 import os
@@ -40,20 +40,30 @@ def gains_over_seeds(reference: dict, model: str) -> List[float]:
 
 
 def verdict(gain_points: float, reference_gains: List[float]) -> str:
-    """How to read one run's gain. A difference names a winner only when the benchmark's mean gain is more than
-    two standard errors from 0, and this run's gain has its sign and is larger than twice the seed-to-seed
-    standard deviation (sample standard deviation, ``ddof=1``)."""
+    """How to read one run's gain against the gains the reference measured over seeds with the same command.
+
+    A run outside the reference's range is said to be outside it, plainly: the demo then did not reproduce the
+    reference (another machine, library or code). Inside it, a difference names a winner only when the
+    reference's mean gain is more than two standard errors from 0, and this run's gain has its sign and is larger
+    than twice the seed-to-seed standard deviation (sample standard deviation, ``ddof=1``)."""
     n = len(reference_gains)
     if n < 2:
         return "no spread over seeds is known for these settings, so one run cannot name a winner"
     mean, spread = float(np.mean(reference_gains)), float(np.std(reference_gains, ddof=1))
-    seen = (f"over {n} seeds with these settings the gain was {mean:+.2f} ± {spread:.2f} points "
-            f"(range {min(reference_gains):+.2f} to {max(reference_gains):+.2f})")
+    low, high = min(reference_gains), max(reference_gains)
+    seen = f"over {n} seeds of this command the gain was {mean:+.2f} ± {spread:.2f} points (range {low:+.2f} to " \
+           f"{high:+.2f})"
+    if not low <= gain_points <= high:
+        side = 'below' if gain_points < low else 'above'
+        return (f"{seen}: this run's {gain_points:+.2f} lies outside that range, {side} every seed, so this run did "
+                f"not reproduce the reference (compare the machine, the installed libraries and the code with the "
+                f"reference's)")
     if abs(mean) <= 2 * spread / np.sqrt(n):
         return f"{seen}, not distinguishable from 0, so this run's {gain_points:+.2f} names no winner"
     if abs(gain_points) <= 2 * spread or np.sign(gain_points) != np.sign(mean):
-        return f"{seen}: this run's {gain_points:+.2f} lies within that noise, so it names no winner"
-    return f"{seen}: this run's {gain_points:+.2f} is beyond twice that spread, in the benchmark's direction"
+        return f"{seen}: this run's {gain_points:+.2f} lies within that range but not beyond twice the spread, " \
+               f"so it names no winner"
+    return f"{seen}: this run's {gain_points:+.2f} is beyond twice that spread, in the reference's direction"
 
 
 def describe(mean_dice: Dict[str, float], settings: dict, reference: Optional[dict]) -> List[str]:
@@ -68,5 +78,5 @@ def describe(mean_dice: Dict[str, float], settings: dict, reference: Optional[di
         lines.append(f"{model} - {BASELINE}: {gain:+.2f} Dice points; {verdict(gain, gains)}.")
     if matching is None:
         lines.append("The seed-to-seed spread was measured for the default settings only "
-                     "(benchmarks/RESULTS.md, 'Which schedule is the default?').")
+                     "(benchmarks/quality/demo_reference.py).")
     return lines

@@ -211,7 +211,7 @@ def hard_pseudo_labels_and_confidence(logits: torch.Tensor) -> Tuple[torch.Tenso
     """The argmax over classes of the softmax ``(B, *spatial)``, before any cleanup (the same values as
     ``pseudo_labels_from_logits`` starts from), and the softmax probability of that class (the confidence)."""
     # max's indices are argmax's (the first maximum, NaN counting as the maximum), but on the CPU argmax over a
-    # non-last axis is some 20 times slower (benchmarks/RESULTS.md, "Where a step's time goes")
+    # non-last axis is some 20 times slower (benchmarks/HISTORY.md, "Where a step's time goes")
     confidence, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
     return labels, confidence
 

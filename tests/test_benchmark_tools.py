@@ -48,40 +48,33 @@ def test_results_of_another_call_are_merged_not_lost(tmp_path):
     assert not os.path.exists(path + '.tmp')
 
 
-def test_demo_reference_names_the_trainers_its_runs_measured(tmp_path):
+def test_demo_reference_reads_the_demos_own_outputs_and_resumes(tmp_path, monkeypatch):
+    """The reference comes from `nnUNetv2_m3hl_demo --seed S` as a user runs it; a seed whose folder holds a
+    summary of the default settings is read, not run again."""
+    import importlib.util
     from nnunetv2_m3hl.demo import DEFAULT_SETTINGS
-    demo_settings = {'n_labeled': DEFAULT_SETTINGS['n_labeled'], 'n_unlabeled': DEFAULT_SETTINGS['n_unlabeled'],
-                     'n_test': DEFAULT_SETTINGS['n_test'], 'epochs': DEFAULT_SETTINGS['epochs'],
-                     'iterations': DEFAULT_SETTINGS['iterations'], 'shape': DEFAULT_SETTINGS['shape']}
-    demo_run = {'n_labeled': DEFAULT_SETTINGS['n_labeled'], 'seed': 0, 'settings': demo_settings,
-                'mean_dice': {'nnUNetTrainer': 0.9, 'M3HLTrainer': 0.91, 'M3HLTrainer (teacher)': 0.9,
-                              'M3HLTrainer_warmup': 0.92}}
-    other_run = dict(demo_run, n_labeled=8, settings=dict(demo_settings, n_labeled=8))
-    # the last call measured another labeled count with fewer trainers: its settings are the file's
-    path = tmp_path / 'results.json'
-    path.write_text(json.dumps({'settings': {'epochs': 5, 'iterations': 60, 'device': 'cpu',
-                                             'trainers': ['nnUNetTrainer', 'M3HLTrainer']},
-                                'runs': [demo_run, other_run]}))
-    le.export_demo_reference(str(path), str(tmp_path / 'reference.json'))
-    reference = json.loads((tmp_path / 'reference.json').read_text())
-    assert [r['seed'] for r in reference['runs']] == [0]
-    assert reference['command'].endswith('--trainers nnUNetTrainer M3HLTrainer M3HLTrainer_warmup')
+    spec = importlib.util.spec_from_file_location('demo_reference', os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), '..', 'benchmarks', 'quality', 'demo_reference.py'))
+    dr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dr)
+    ran = []
 
-
-def test_demo_reference_can_store_a_variant_under_the_default_name(tmp_path):
-    from nnunetv2_m3hl.demo import DEFAULT_SETTINGS
-    settings = {k: DEFAULT_SETTINGS[k] for k in ('n_labeled', 'n_unlabeled', 'n_test', 'epochs', 'iterations', 'shape')}
-    run = {'n_labeled': DEFAULT_SETTINGS['n_labeled'], 'seed': 1, 'settings': settings,
-           'mean_dice': {'nnUNetTrainer': 0.9, 'M3HLTrainer': 0.91, 'M3HLTrainer (teacher)': 0.89,
-                         'M3HLTrainer_warmup': 0.93, 'M3HLTrainer_warmup (teacher)': 0.92}}
-    path = tmp_path / 'results.json'
-    path.write_text(json.dumps({'settings': {'epochs': 5, 'iterations': 60, 'device': 'cpu'}, 'runs': [run]}))
-    renamed = {'M3HLTrainer_warmup': 'M3HLTrainer', 'M3HLTrainer': 'M3HLTrainer_reference'}
-    le.export_demo_reference(str(path), str(tmp_path / 'reference.json'), renamed)
-    reference = json.loads((tmp_path / 'reference.json').read_text())
-    assert reference['runs'][0]['mean_dice'] == {
-        'nnUNetTrainer': 0.9, 'M3HLTrainer_reference': 0.91, 'M3HLTrainer_reference (teacher)': 0.89,
-        'M3HLTrainer': 0.93, 'M3HLTrainer (teacher)': 0.92}
-    assert reference['renamed'] == renamed
-    # the command names the trainers as they were measured, so that it reproduces the runs
-    assert reference['command'].endswith('--trainers nnUNetTrainer M3HLTrainer M3HLTrainer_warmup')
+    def fake_run(command, **kwargs):
+        seed, folder = int(command[command.index('--seed') + 1]), command[command.index('-o') + 1]
+        ran.append((os.path.basename(command[0]), seed))
+        settings = dict(DEFAULT_SETTINGS, seed=seed, device='cpu')
+        with open(os.path.join(folder, 'summary.json'), 'w') as f:
+            json.dump({'settings': settings, 'mean_dice': {'nnUNetTrainer': 0.8, 'M3HLTrainer': 0.8 + seed / 100}}, f)
+    monkeypatch.setattr(dr.subprocess, 'run', fake_run)
+    monkeypatch.setattr(dr, 'package_commit', lambda: 'abc')
+    out = tmp_path / 'reference.json'
+    dr.main(['--seeds', '0', '1', '--workdir', str(tmp_path / 'work'), '-o', str(out)])
+    assert ran == [('nnUNetv2_m3hl_demo', 0), ('nnUNetv2_m3hl_demo', 1)]
+    reference = json.loads(out.read_text())
+    assert reference['command'] == 'nnUNetv2_m3hl_demo --seed S --device cpu, S = 0 1'
+    assert [r['mean_dice']['M3HLTrainer'] for r in reference['runs']] == [0.8, 0.81]
+    from nnunetv2_m3hl.demo_expectation import gains_over_seeds, reference_for
+    assert reference_for(DEFAULT_SETTINGS, reference) is reference
+    assert gains_over_seeds(reference, 'M3HLTrainer') == pytest.approx([0.0, 1.0])
+    dr.main(['--seeds', '0', '1', '--workdir', str(tmp_path / 'work'), '-o', str(out)])
+    assert len(ran) == 2

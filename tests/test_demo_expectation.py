@@ -16,11 +16,18 @@ def reference(gains_points, settings=DEFAULT_SETTINGS):
 
 def test_a_difference_inside_the_spread_names_no_winner():
     assert 'names no winner' in verdict(+1.5, [3.0, -1.0, 1.0])       # sd 2: within 4 points
-    assert 'names no winner' in verdict(-6.0, [3.0, 5.0, 4.0])        # large, but against the benchmark's sign
-    assert 'beyond twice that spread' in verdict(+6.0, [3.0, 5.0, 4.0])
+    assert 'beyond twice that spread' in verdict(+4.5, [3.0, 5.0, 4.0, 4.6])
+    assert 'names no winner' in verdict(+3.2, [3.0, 5.0, 4.0, 0.4])   # within the range, not beyond twice sd
     assert 'cannot name a winner' in verdict(+6.0, [3.0])
-    # a benchmark whose own mean is within two standard errors of 0 backs no single run
-    assert 'not distinguishable from 0' in verdict(+9.0, [4.0, -2.0, 1.0])
+    # a reference whose own mean is within two standard errors of 0 backs no single run
+    assert 'not distinguishable from 0' in verdict(+3.0, [4.0, -2.0, 1.0])
+
+
+@pytest.mark.parametrize('gain,side', [(-0.96, 'below'), (+9.0, 'above')])
+def test_a_run_outside_the_references_range_is_said_to_be_outside_it(gain, side):
+    text = verdict(gain, [2.18, 2.41, 2.49])
+    assert 'outside that range' in text and f'{side} every seed' in text and 'did not reproduce' in text
+    assert 'within' not in text and 'winner' not in text
 
 
 def test_only_a_reference_with_the_same_settings_is_used():
@@ -44,5 +51,5 @@ def test_the_shipped_reference_holds_the_demo_settings_and_its_command():
     shipped = load_reference()
     assert shipped is not None, REFERENCE_FILE
     assert reference_for(DEFAULT_SETTINGS, shipped) is shipped
-    assert 'label_efficiency.py' in shipped['command'] and len(shipped['runs']) >= 3
+    assert shipped['command'].startswith('nnUNetv2_m3hl_demo --seed S') and len(shipped['runs']) >= 3
     json.dumps(shipped)

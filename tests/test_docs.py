@@ -7,7 +7,8 @@ import re
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCUMENTS = sorted([os.path.join(ROOT, 'README.md'), os.path.join(ROOT, 'benchmarks', 'RESULTS.md')]
+DOCUMENTS = sorted([os.path.join(ROOT, 'README.md'), os.path.join(ROOT, 'benchmarks', 'RESULTS.md'),
+                    os.path.join(ROOT, 'benchmarks', 'HISTORY.md')]
                    + glob.glob(os.path.join(ROOT, 'documentation', '*.md')))
 LINK = re.compile(r'\[[^\]]*\]\(([^)\s]+)\)')
 
@@ -53,7 +54,24 @@ RESULT_FILE = re.compile(r'(?:real|step|memory|mixing|lcc|label|schedules|integr
 @pytest.mark.parametrize('document', DOCUMENTS, ids=lambda p: os.path.relpath(p, ROOT))
 def test_every_cited_result_file_exists(document):
     with open(document) as f:
-        cited = set(RESULT_FILE.findall(f.read()))
+        # a command's output (-o) is written by that command: it may be still to run
+        cited = set(RESULT_FILE.findall(re.sub(r'-o \S+\.json', '', f.read())))
     results = os.path.join(ROOT, 'benchmarks', 'results')
     missing = [name for name in sorted(cited) if not glob.glob(os.path.join(results, name))]
     assert not missing, f"{os.path.relpath(document, ROOT)} cites result files that do not exist: {missing}"
+
+
+def test_the_results_tables_are_the_results_jsons():
+    """The tables of RESULTS and the README's are generated from the JSONs; a JSON changed without regenerating them
+    fails here."""
+    import subprocess
+    import sys
+    script = os.path.join(ROOT, 'benchmarks', 'quality', 'results_tables.py')
+    for args in (['--check', 'benchmarks/RESULTS.md'], ['--summary', '--check', 'README.md']):
+        proc = subprocess.run([sys.executable, script] + args, cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_results_is_a_page_not_a_notebook():
+    with open(os.path.join(ROOT, 'benchmarks', 'RESULTS.md')) as f:
+        assert len(f.read().splitlines()) < 400

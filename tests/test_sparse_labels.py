@@ -10,6 +10,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import run_cli
+from test_trainer_step import batches
 from dataset_conversion.synthetic import LABELS, make_synthetic_dataset
 from nnunetv2.run.run_training import get_trainer_from_args
 from nnunetv2_m3hl.unlabeled import preprocess_unlabeled
@@ -53,12 +54,7 @@ def test_ignored_voxels_contribute_nothing_and_the_teacher_never_predicts_ignore
     trainer = get_trainer_from_args(str(SPARSE_ID), '2d', 0, 'M3HLTrainer_test', device=torch.device('cpu'))
     trainer.initialize()
     assert trainer.label_manager.ignore_label == IGNORE
-    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
-    labeled = next(trainer.dataloader_train)
-    unlabeled = next(trainer.dataloader_unlabeled)['data']
-    for loader in (trainer.dataloader_train, trainer.dataloader_val, trainer.dataloader_unlabeled):
-        if hasattr(loader, '_finish'):
-            loader._finish()
+    labeled, unlabeled = batches(trainer)
     assert (labeled['target'][0] == IGNORE).float().mean() > 0.5
 
     cleaning, _, _ = trainer.teacher_pass(unlabeled)

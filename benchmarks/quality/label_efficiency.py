@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import tempfile
-from typing import Dict, Optional
 
 import numpy as np
 
@@ -180,43 +179,6 @@ def write_result(path: str, settings: dict, runs: list, merge: bool = True) -> N
     os.replace(path + '.tmp', path)
 
 
-def export_demo_reference(results_path: str, out: str, renamed: Optional[Dict[str, str]] = None) -> None:
-    """The runs of ``results_path`` whose settings are the demo's defaults, per seed, with the command.
-
-    ``renamed`` maps a measured trainer to the name the demo trains it under (when a variant became the default,
-    e.g. ``{'M3HLTrainer_warmup': 'M3HLTrainer', 'M3HLTrainer': 'M3HLTrainer_reference'}``); the command keeps
-    the measured names, so that it reproduces the runs."""
-    from nnunetv2_m3hl.demo import DEFAULT_SETTINGS
-    from nnunetv2_m3hl.demo_expectation import reference_for
-    if not os.path.isfile(results_path):
-        sys.exit(f"{results_path} does not exist: pass the benchmark's results JSON with -o")
-    with open(results_path) as f:
-        results = json.load(f)
-    renamed = renamed or {}
-
-    def demo_name(model: str) -> str:
-        trainer, teacher, suffix = model.partition(' (teacher)')
-        return renamed.get(trainer, trainer) + teacher + suffix
-    runs = [{'seed': r['seed'], 'mean_dice': {demo_name(m): v for m, v in r['mean_dice'].items()}}
-            for r in results['runs'] if reference_for(r['settings'], {'settings': DEFAULT_SETTINGS})]
-    if not runs:
-        sys.exit(f"{results_path} holds no run with the demo's default settings {DEFAULT_SETTINGS}")
-    a = results['settings']  # the last call's; epochs and iterations are the same for every call
-    # the trainers these runs measured: the last call's --trainers may have been another selection
-    measured_as = {v: k for k, v in renamed.items()}
-    trainers = list(dict.fromkeys(measured_as.get(name, name) for r in runs for name in r['mean_dice']
-                                  if not name.endswith(' (teacher)')))
-    trainers.sort(key=lambda name: name != 'nnUNetTrainer')
-    command = (f"python benchmarks/quality/label_efficiency.py --labeled {DEFAULT_SETTINGS['n_labeled']} --seeds "
-               f"{' '.join(str(r['seed']) for r in runs)} --epochs {a['epochs']} --iterations {a['iterations']} "
-               f"--device {a['device']} --trainers {' '.join(trainers)}")
-    with open(out + '.tmp', 'w') as f:
-        json.dump({'command': command, 'source': os.path.basename(results_path), 'settings': DEFAULT_SETTINGS,
-                   'renamed': renamed, 'runs': sorted(runs, key=lambda r: r['seed'])}, f, indent=1)
-    os.replace(out + '.tmp', out)
-    print(f"{len(runs)} seeds with the demo's settings written to {out}")
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--labeled', type=int, nargs='+', default=[2, 4, 8])
@@ -234,21 +196,8 @@ def main():
     p.add_argument('--retest', type=int, default=None, metavar='N',
                    help='only score the models already trained in --workdir on N test cases of the same seeds '
                         '(the first ones are the original test set); written to -o with _testN appended')
-    p.add_argument('--export-demo-reference', metavar='PATH', default=None,
-                   help="only write the runs of -o measured with the demo's default settings to PATH (the demo "
-                        "prints its result against their spread; the package's copy is "
-                        "nnunetv2_m3hl/demo_reference.json)")
-    p.add_argument('--measured-as', nargs='+', default=[], metavar='MEASURED=DEMO',
-                   help='with --export-demo-reference: a measured trainer under the name the demo trains it as, e.g. '
-                        'M3HLTrainer_warmup=M3HLTrainer M3HLTrainer=M3HLTrainer_reference')
     p.add_argument('-o', default='label_efficiency.json')
     args = p.parse_args()
-    if args.export_demo_reference:
-        pairs = [item.split('=') for item in args.measured_as]
-        if any(len(pair) != 2 or not all(pair) for pair in pairs):
-            p.error(f"--measured-as takes MEASURED=DEMO pairs, got {args.measured_as}")
-        export_demo_reference(args.o, args.export_demo_reference, dict(pairs))
-        return
     os.environ.setdefault('nnUNet_n_proc_DA', '2')
     os.environ.setdefault('nnUNet_compile', 'f')
     from nnunetv2_m3hl.demo import run_comparison

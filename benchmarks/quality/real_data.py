@@ -50,7 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 DATASETS = {
     # id, configuration, target spacing of the CPU budget (numpy axis order), converter
     # cpu_iterations: per trainer spec, sized from measured step times so that two trainers, their predictions and
-    # the preparation fit 75 minutes on a 2-core CPU (benchmarks/RESULTS.md)
+    # the preparation fit 75 minutes on a 2-core CPU (benchmarks/HISTORY.md)
     'acdc': {'id': 271, 'configuration': '2d', 'cpu_spacing': [10.0, 2.0, 2.0], 'cpu_batch': 4, 'cpu_iterations': 600,
              'cpu_long_batch': 8, 'cpu_long_iterations': 5000},
     'la': {'id': 281, 'configuration': '3d_fullres', 'cpu_spacing': [1.875, 1.875, 1.875], 'cpu_batch': 2,

@@ -69,7 +69,7 @@ class M3HLTrainer(nnUNetTrainer):
         # elsewhere the same as 'sync'), 'sync', 'host_thread' (scipy in worker threads), or 'teacher_side_stream'
         # (CUDA: the teacher's forward too, at the same time as the student's; not measured on a GPU yet); every
         # mode keeps the same voxels. side_stream was the fastest on an H200 at ACDC's and LA's native plans
-        # (RESULTS.md)
+        # (benchmarks/HISTORY.md)
         self.pseudo_label_cleanup_mode = 'side_stream'
         self.unlabeled_batch_size = None  # None: the labeled batch size of this rank
         # the first epochs train with nnU-Net's own supervised step on the labeled patches (plain supervision, not
@@ -79,7 +79,7 @@ class M3HLTrainer(nnUNetTrainer):
         # `warmup_ready_cap_fraction` of the epochs at the latest. With no cap (1), a student that never gets ready
         # trains as nnU-Net throughout, so a budget too short for the teacher costs nothing. Chosen on ACDC's
         # validation patients at 600 and 5000 iterations as the only candidate never behind nnU-Net
-        # (benchmarks/RESULTS.md, "Choosing the next default")
+        # (benchmarks/HISTORY.md, "Choosing the next default")
         self.supervised_warmup_until_ready = True
         self.warmup_ready_class_floor = 0.5
         self.warmup_ready_patience = 5

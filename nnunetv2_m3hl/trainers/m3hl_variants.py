@@ -1,7 +1,7 @@
 """Ablations, the nearest published baseline, the schedules compared with the default, and training-length
 variants of M3HLTrainer. The ablations and the training lengths keep the default's schedule; the variants
 compared with the fixed warm-up of a fifth (the confidence gates, the weak teacher view) keep that one, so that
-their names still mean what benchmarks/RESULTS.md measured."""
+their names still mean what benchmarks/HISTORY.md measured."""
 import torch
 
 from nnunetv2_m3hl.mixing import make_box_masks
@@ -53,7 +53,7 @@ class M3HLTrainer_boxMask(M3HLTrainer):
 
 class M3HLTrainer_reference(M3HLTrainer):
     """The reference code's schedule: mixing with the teacher's terms at full weight from the first step, no
-    supervised warm-up (the default before the schedule comparison in benchmarks/RESULTS.md)."""
+    supervised warm-up (the default before the schedule comparison in benchmarks/HISTORY.md)."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.supervised_warmup_until_ready = False
