@@ -33,6 +33,7 @@ setup(
         'console_scripts': [
             'nnUNetv2_m3hl_trainer_path=nnunetv2_m3hl.cli:trainer_path_entry',
             'nnUNetv2_m3hl_preprocess_unlabeled=nnunetv2_m3hl.cli:preprocess_unlabeled_entry',
+            'nnUNetv2_m3hl_predict_unlabeled_next_stage=nnunetv2_m3hl.cli:predict_unlabeled_next_stage_entry',
             'nnUNetv2_m3hl_convert_acdc=nnunetv2_m3hl.cli:convert_acdc_entry',
             'nnUNetv2_m3hl_convert_la=nnunetv2_m3hl.cli:convert_la_entry',
             'nnUNetv2_m3hl_convert_image_folders=nnunetv2_m3hl.cli:convert_image_folders_entry',

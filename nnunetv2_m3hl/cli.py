@@ -35,6 +35,25 @@ def preprocess_unlabeled_entry() -> None:
     _run(lambda: [preprocess_unlabeled(args.d, c, args.p, args.np) for c in args.c])
 
 
+def predict_unlabeled_next_stage_entry() -> None:
+    import torch
+    from nnunetv2_m3hl.cascade import predict_unlabeled_for_next_stage
+    p = argparse.ArgumentParser(description="For a cascade stage (3d_cascade_fullres): segment every unlabeled scan "
+                                            "with the previous stage's model of the fold, as nnU-Net does for the "
+                                            "labeled cases. M3HL training of the stage does this at its start; this "
+                                            "command does it ahead of time.")
+    p.add_argument('-d', required=True, help='dataset name or id')
+    p.add_argument('-c', default='3d_cascade_fullres', help='the cascade stage (default: 3d_cascade_fullres)')
+    p.add_argument('-f', required=True, help="fold (or 'all')")
+    p.add_argument('-tr', default='M3HLTrainer', help='the trainer of both stages (default: M3HLTrainer)')
+    p.add_argument('-p', default='nnUNetPlans', help='plans identifier (default: nnUNetPlans)')
+    p.add_argument('-device', default=None, help='cpu or cuda (default: cuda when available)')
+    args = p.parse_args()
+    fold = args.f if args.f == 'all' else int(args.f)
+    device = torch.device(args.device) if args.device else None
+    _run(lambda: print(predict_unlabeled_for_next_stage(args.d, args.c, fold, args.tr, args.p, device)))
+
+
 def convert_acdc_entry() -> None:
     from dataset_conversion.acdc import DEFAULT_LABELED, convert_acdc
     p = argparse.ArgumentParser(description='Convert ACDC (the official release or the SSL4MIS h5 preprocessing, '

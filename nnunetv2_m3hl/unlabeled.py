@@ -14,7 +14,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from time import sleep
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 UNLABELED_IMAGES_FOLDER = 'imagesUnlabeledTr'
 MANIFEST_NAME = 'm3hl_manifest.json'
@@ -329,10 +329,6 @@ def preprocess_unlabeled(dataset_name_or_id, configuration_name: str, plans_iden
     dataset_json = load_json(join(preprocessed_base, 'dataset.json'))
     plans_manager = PlansManager(plans)
     configuration_manager = plans_manager.get_configuration(configuration_name)
-    if configuration_manager.previous_stage_name is not None:
-        raise UnlabeledDataError(
-            f"configuration '{configuration_name}' is a cascade stage; M3HL supports 2d, 3d_fullres and "
-            f"3d_lowres (unlabeled scans have no previous-stage segmentation).")
     cases = discover_unlabeled_cases(raw_dataset_folder, dataset_json)
     output_folder = preprocessed_unlabeled_folder(preprocessed_base, configuration_manager.data_identifier)
     os.makedirs(output_folder, exist_ok=True)
@@ -422,22 +418,18 @@ class UnlabeledDataLoader(nnUNetDataLoader):
     """nnU-Net's data loader over unlabeled cases: random crops only (no foreground oversampling)."""
 
     def __init__(self, output_folder: str, batch_size: int, initial_patch_size: Sequence[int],
-                 patch_size: Sequence[int], label_manager: LabelManager, transforms=None):
+                 patch_size: Sequence[int], label_manager: LabelManager, transforms=None,
+                 folder_with_segs_from_previous_stage: Optional[str] = None):
         identifiers = unlabeled_identifiers(output_folder)
         if not identifiers:
             raise UnlabeledDataError(f"{output_folder} holds no preprocessed unlabeled case; run "
                                      f"nnUNetv2_m3hl_preprocess_unlabeled first.")
-        dataset = nnUNetDatasetBlosc2(output_folder, identifiers)
+        # a cascade stage reads each scan's previous-stage segmentation too, as nnU-Net's loader does (cascade.py)
+        dataset = nnUNetDatasetBlosc2(output_folder, identifiers, folder_with_segs_from_previous_stage)
         super().__init__(dataset, batch_size, initial_patch_size, patch_size, label_manager,
                          oversample_foreground_percent=0.0, transforms=transforms)
         # without labels every crop is uniformly random, also for datasets with an ignore label
         self.has_ignore = False
-
-
-def check_configuration_supported(configuration_manager: ConfigurationManager, label_manager: LabelManager) -> None:
-    if configuration_manager.previous_stage_name is not None:
-        raise UnlabeledDataError("M3HL does not support cascade stages (3d_cascade_fullres); use 2d, 3d_fullres "
-                                 "or 3d_lowres.")
 
 
 @contextmanager

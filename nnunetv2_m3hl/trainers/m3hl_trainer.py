@@ -33,8 +33,9 @@ from nnunetv2_m3hl.progress import M3HLLocalLogger
 from nnunetv2_m3hl.schedule import ema_decay_at, student_is_ready, teacher_terms_scale
 from nnunetv2_m3hl.step_guard import NonFiniteStepGuard
 from nnunetv2_m3hl.teacher import broadcast_teacher, ema_update, kept_share_per_class, make_teacher
-from nnunetv2_m3hl.unlabeled import UnlabeledDataLoader, check_configuration_supported, n_proc_da_environment, \
-    n_proc_split, preprocess_unlabeled, preprocessed_unlabeled_folder, unlabeled_identifiers
+from nnunetv2_m3hl.cascade import predict_unlabeled_for_next_stage, unlabeled_cascade_folder
+from nnunetv2_m3hl.unlabeled import UnlabeledDataLoader, n_proc_da_environment, n_proc_split, preprocess_unlabeled, \
+    preprocessed_unlabeled_folder, unlabeled_identifiers
 from nnunetv2_m3hl.views import WeakAndStrongViews, split_views
 from nnunetv2_m3hl.visualization import save_mixed_sample_png
 
@@ -144,7 +145,6 @@ class M3HLTrainer(nnUNetTrainer):
 
     # ------------------------------------------------------------------ setup
     def initialize(self):
-        check_configuration_supported(self.configuration_manager, self.label_manager)
         super().initialize()
         student = unwrap_network(self.network)
         self.teacher = make_teacher(student)
@@ -179,6 +179,10 @@ class M3HLTrainer(nnUNetTrainer):
             if nnUNet_raw.is_set():
                 preprocess_unlabeled(self.plans_manager.dataset_name, self.configuration_name,
                                      self.plans_manager.plans_name, num_processes=default_num_processes)
+                if self.is_cascaded:
+                    predict_unlabeled_for_next_stage(self.plans_manager.dataset_name, self.configuration_name,
+                                                     self.fold, self.__class__.__name__, self.plans_manager.plans_name,
+                                                     self.device, default_num_processes)
             elif not unlabeled_identifiers(self.unlabeled_folder):
                 raise RuntimeError("nnUNet_raw is not set and no preprocessed unlabeled scans exist in "
                                    f"{self.unlabeled_folder}: set nnUNet_raw so that imagesUnlabeledTr/ can be "
@@ -239,7 +243,7 @@ class M3HLTrainer(nnUNetTrainer):
         transforms = self.get_training_transforms(
             self.configuration_manager.patch_size, rotation, None, mirror_axes, dummy_2d,
             use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
-            is_cascaded=False, foreground_labels=self.label_manager.foreground_labels, regions=None,
+            is_cascaded=self.is_cascaded, foreground_labels=self.label_manager.foreground_labels, regions=None,
             ignore_label=None)
         return WeakAndStrongViews(transforms) if self.teacher_sees_weak_view else transforms
 
@@ -249,7 +253,8 @@ class M3HLTrainer(nnUNetTrainer):
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         transforms = self.get_unlabeled_transforms(rotation, dummy_2d, mirror_axes)
         loader = UnlabeledDataLoader(self.unlabeled_folder, self._unlabeled_batch_size(), initial_patch_size,
-                                     self.configuration_manager.patch_size, self.label_manager, transforms)
+                                     self.configuration_manager.patch_size, self.label_manager, transforms,
+                                     unlabeled_cascade_folder(self))
         if num_processes == 0:
             return SingleThreadedAugmenter(loader, None)
         return NonDetMultiThreadedAugmenter(loader, None, num_processes, num_cached=max(6, num_processes // 2),
