@@ -21,6 +21,7 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
+from nnunetv2_m3hl.cascade import predict_unlabeled_for_next_stage, unlabeled_cascade_folder
 from nnunetv2_m3hl.checkpointing import load_checkpoint_safely, save_atomically
 from nnunetv2_m3hl.features import HIGH_COSINE_PER_SAMPLE, FeatureTap, high_level_loss, is_compiled, \
     low_level_loss, unwrap_network
@@ -33,7 +34,6 @@ from nnunetv2_m3hl.progress import M3HLLocalLogger
 from nnunetv2_m3hl.schedule import ema_decay_at, student_is_ready, teacher_terms_scale
 from nnunetv2_m3hl.step_guard import NonFiniteStepGuard
 from nnunetv2_m3hl.teacher import broadcast_teacher, ema_update, kept_share_per_class, make_teacher
-from nnunetv2_m3hl.cascade import predict_unlabeled_for_next_stage, unlabeled_cascade_folder
 from nnunetv2_m3hl.unlabeled import UnlabeledDataLoader, n_proc_da_environment, n_proc_split, preprocess_unlabeled, \
     preprocessed_unlabeled_folder, unlabeled_identifiers
 from nnunetv2_m3hl.views import WeakAndStrongViews, split_views
