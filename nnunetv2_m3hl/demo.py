@@ -144,6 +144,7 @@ def run_comparison(output_folder: str, n_labeled: int, n_unlabeled: int, n_test:
                    dataset_id: int = DEMO_DATASET_ID, overlays: bool = True, verbose: bool = True) -> dict:
     """One synthetic task, every trainer with the same budget; returns the metrics per trainer."""
     from dataset_conversion.synthetic import make_synthetic_dataset
+    from nnunetv2_m3hl.demo_expectation import environment
     from nnunetv2_m3hl.evaluation import evaluate_folders
     from nnunetv2_m3hl.trainers.m3hl_trainer import TEACHER_CHECKPOINT
     from nnunetv2_m3hl.unlabeled import preprocess_unlabeled
@@ -189,7 +190,7 @@ def run_comparison(output_folder: str, n_labeled: int, n_unlabeled: int, n_test:
                'mean_dice': {k: v['mean']['dice'] for k, v in results.items()},
                'per_class_dice': {k: {c: m['dice'] for c, m in v['per_class'].items()} for k, v in results.items()},
                'per_case_dice': {k: per_case_mean_dice(v) for k, v in results.items()},
-               'seconds': time.time() - t0}
+               'seconds': time.time() - t0, 'environment': environment()}
     with open(os.path.join(output_folder, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=1)
     return summary
@@ -223,7 +224,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         per_class = ' | '.join(f'{100 * v:.2f}' for v in summary['per_class_dice'][name].values())
         print(f'| {name} | {100 * dice:.2f} | {per_class} |')
     from nnunetv2_m3hl.demo_expectation import describe, load_reference
-    print('\n' + '\n'.join(describe(summary['mean_dice'], summary['settings'], load_reference())))
+    print('\n' + '\n'.join(describe(summary['mean_dice'], summary['settings'], load_reference(),
+                                     summary['environment'])))
     print(f"\nOverlays: {os.path.join(os.path.abspath(args.output), 'overlays.png')}; nnU-Net's own output: "
           f"{os.path.join(os.path.abspath(args.output), NNUNET_LOG)}; took {summary['seconds']:.0f} s")
 

@@ -66,17 +66,47 @@ def verdict(gain_points: float, reference_gains: List[float]) -> str:
     return f"{seen}: this run's {gain_points:+.2f} is beyond twice that spread, in the reference's direction"
 
 
-def describe(mean_dice: Dict[str, float], settings: dict, reference: Optional[dict]) -> List[str]:
-    """One line per model of this run that can be compared with nnU-Net."""
+def environment() -> Dict[str, str]:
+    """The versions that decide a run's floating-point arithmetic: the same code and seed on another torch build
+    trains to other weights."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+    found = {'python': platform.python_version(), 'machine': platform.machine()}
+    for package in ('torch', 'nnunetv2', 'nnunetv2-m3hl', 'numpy'):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = 'not installed'
+    return found
+
+
+def differences(mine: Optional[Dict[str, str]], theirs: Optional[Dict[str, str]]) -> List[str]:
+    """``name mine (reference: theirs)`` for every version that differs between two environments."""
+    if not mine or not theirs:
+        return []
+    return [f"{k} {mine[k]} (reference: {theirs[k]})" for k in sorted(set(mine) & set(theirs)) if mine[k] != theirs[k]]
+
+
+def describe(mean_dice: Dict[str, float], settings: dict, reference: Optional[dict],
+             run_environment: Optional[Dict[str, str]] = None) -> List[str]:
+    """One line per model of this run that can be compared with nnU-Net; where a run lies outside the reference's
+    range, the versions in which this run's environment differs from the reference's."""
     matching = reference_for(settings, reference)
-    lines = []
+    lines, outside = [], False
     for model, dice in mean_dice.items():
         if model == BASELINE or BASELINE not in mean_dice:
             continue
         gain = 100 * (dice - mean_dice[BASELINE])
         gains = gains_over_seeds(matching, model) if matching else []
-        lines.append(f"{model} - {BASELINE}: {gain:+.2f} Dice points; {verdict(gain, gains)}.")
+        text = verdict(gain, gains)
+        outside = outside or 'outside that range' in text
+        lines.append(f"{model} - {BASELINE}: {gain:+.2f} Dice points; {text}.")
     if matching is None:
         lines.append("The seed-to-seed spread was measured for the default settings only "
                      "(benchmarks/quality/demo_reference.py).")
+    elif outside:
+        changed = differences(run_environment, matching.get('environment'))
+        lines.append(f"This run's environment differs from the reference's in: {', '.join(changed)}." if changed else
+                     "This run's environment has the reference's versions; compare the code "
+                     f"(the reference: commit {matching.get('code', 'unknown')}).")
     return lines

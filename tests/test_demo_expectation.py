@@ -53,3 +53,16 @@ def test_the_shipped_reference_holds_the_demo_settings_and_its_command():
     assert reference_for(DEFAULT_SETTINGS, shipped) is shipped
     assert shipped['command'].startswith('nnUNetv2_m3hl_demo --seed S') and len(shipped['runs']) >= 3
     json.dumps(shipped)
+
+
+def test_a_run_outside_the_range_names_what_differs_from_the_references_environment():
+    ref = dict(reference([2.18, 2.41, 2.49]), environment={'torch': '2.14.1', 'numpy': '2.3.0'}, code='abc1234')
+    run = {'nnUNetTrainer': 0.8527, 'M3HLTrainer': 0.8431}
+    lines = describe(run, dict(DEFAULT_SETTINGS, seed=0), ref, {'torch': '2.13.0', 'numpy': '2.3.0'})
+    assert 'outside that range' in lines[0]
+    assert lines[-1] == "This run's environment differs from the reference's in: torch 2.13.0 (reference: 2.14.1)."
+    lines = describe(run, dict(DEFAULT_SETTINGS, seed=0), ref, {'torch': '2.14.1', 'numpy': '2.3.0'})
+    assert 'commit abc1234' in lines[-1]
+    # inside the range nothing more is said
+    inside = {'nnUNetTrainer': 0.80, 'M3HLTrainer': 0.8241}
+    assert len(describe(inside, dict(DEFAULT_SETTINGS, seed=0), ref, {'torch': '2.13.0'})) == 1

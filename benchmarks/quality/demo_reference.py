@@ -20,7 +20,7 @@ from typing import List, Optional
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from nnunetv2_m3hl.demo import DEFAULT_SETTINGS  # noqa: E402
-from nnunetv2_m3hl.demo_expectation import COMPARED_SETTINGS  # noqa: E402
+from nnunetv2_m3hl.demo_expectation import COMPARED_SETTINGS, environment  # noqa: E402
 
 DEMO_COMMAND = 'nnUNetv2_m3hl_demo'
 
@@ -63,6 +63,8 @@ def reference(summaries: List[dict], device: str) -> dict:
     return {'command': f"{DEMO_COMMAND} --seed S --device {device}, S = {' '.join(map(str, seeds))}",
             'source': 'benchmarks/quality/demo_reference.py', 'code': package_commit(),
             'machine': f"{platform.machine()}, {os.cpu_count()} cores",
+            # the demo's own record where it has one, else this interpreter's (the demo ran in it)
+            'environment': summaries[0].get('environment') or environment(),
             'settings': {k: DEFAULT_SETTINGS[k] for k in COMPARED_SETTINGS},
             'runs': [{'seed': s['settings']['seed'], 'mean_dice': s['mean_dice']} for s in summaries]}
 

@@ -734,6 +734,13 @@ def main(argv: Optional[List[str]] = None) -> None:
                 if record is None:
                     record = {'training': trained_iterations(fold), 'train_seconds_this_call': train_seconds,
                               'code': training_commit}
+                    source = self_training_source(model)
+                    if source:
+                        pseudo_labels = os.path.join(self_training_root(args.workdir, seed, source), 'pseudo_labels')
+                        record['self_training'] = {
+                            'source_model': source, 'pseudo_labels': 'final checkpoint, hard labels (nnUNetv2_predict)',
+                            'pseudo_labeled_cases': len([f for f in os.listdir(pseudo_labels)
+                                                         if not f.endswith('.json')])}
                 elif not missing_splits(record, args.splits):
                     continue
                 # a model scored before on fewer splits is scored on the missing ones only
