@@ -1,6 +1,7 @@
 """Every file layout nnU-Net reads, as unlabeled scans: one RGB PNG per case (nnU-Net's natural-image layout with
-NaturalImage2DIO) and one file per channel (two MRI sequences of a 3D scan). Discovery, the dataset check and the
-trainer agree on what a case is; end to end, each layout plans, trains M3HL and predicts."""
+NaturalImage2DIO) and one file per channel (MRI sequences of a 3D scan). Discovery, the dataset check and the
+trainer agree on what a case is; end to end, the RGB layout plans, trains M3HL and predicts (the multi-file 3D
+layout does in tests/test_regions.py)."""
 import json
 import os
 
@@ -10,10 +11,9 @@ from PIL import Image
 
 from conftest import run_cli
 from dataset_conversion.synthetic import make_synthetic_dataset
-from nnunetv2_m3hl.unlabeled import (UnlabeledDataError, check_unlabeled_dataset, discover_unlabeled_cases,
-                                     preprocess_unlabeled)
+from nnunetv2_m3hl.unlabeled import UnlabeledDataError, check_unlabeled_dataset, discover_unlabeled_cases
 
-RGB_ID, MULTICHANNEL_ID = 904, 905
+RGB_ID = 904
 
 
 def _rgb_raw(tmp_path, dataset_id=960):
@@ -82,16 +82,18 @@ def test_rgb_png_dataset_end_to_end(nnunet_env, tmp_path):
     assert len(manifest['cases']) == 4
 
 
-def test_two_sequence_3d_dataset_end_to_end(nnunet_env, tmp_path):
-    raw = make_synthetic_dataset(str(nnunet_env / 'raw'), MULTICHANNEL_ID, n_labeled=3, n_unlabeled=2, n_test=1,
-                                 shape=(24, 24, 24), channels=2, name='TwoSequencePhantom')
-    assert sorted(os.listdir(os.path.join(raw, 'imagesUnlabeledTr'))) == \
-        ['unl_000_0000.nii.gz', 'unl_000_0001.nii.gz', 'unl_001_0000.nii.gz', 'unl_001_0001.nii.gz']
-    predicted = _train_and_predict(nnunet_env, MULTICHANNEL_ID, os.path.basename(raw), '3d_fullres', tmp_path,
-                                   '.nii.gz')
-    assert predicted == ['test_000.nii.gz']
-    # a case missing its second sequence stops training with the file named, before anything is written for it
+def test_a_case_missing_one_of_its_sequences_is_refused_by_name(tmp_path):
+    """Two MRI sequences, one file each (the multi-file layout; tests/test_regions.py trains such a dataset with four
+    sequences end to end)."""
+    raw = make_synthetic_dataset(str(tmp_path), 961, n_labeled=2, n_unlabeled=2, n_test=0, shape=(8, 8, 8),
+                                 channels=2)
+    dataset_json = json.load(open(os.path.join(raw, 'dataset.json')))
+    cases = discover_unlabeled_cases(raw, dataset_json)
+    assert [[os.path.basename(f) for f in c.image_files] for c in cases] == \
+        [['unl_000_0000.nii.gz', 'unl_000_0001.nii.gz'], ['unl_001_0000.nii.gz', 'unl_001_0001.nii.gz']]
+    assert check_unlabeled_dataset(raw, verbose=False) == (2, [])
     os.remove(os.path.join(raw, 'imagesUnlabeledTr', 'unl_001_0001.nii.gz'))
     with pytest.raises(UnlabeledDataError, match=r'unl_001_0001.nii.gz is missing: every unlabeled case needs the '
                                                  r'2 file\(s\) per case'):
-        preprocess_unlabeled(MULTICHANNEL_ID, '3d_fullres', num_processes=1, verbose=False)
+        discover_unlabeled_cases(raw, dataset_json)
+    assert 'unl_001_0001.nii.gz is missing' in check_unlabeled_dataset(raw, verbose=False)[1][0]

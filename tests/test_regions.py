@@ -1,6 +1,6 @@
 """Region-based datasets (``regions_class_order``, as BraTS and KiTS): the region pseudo-labels, their cleanup, the
-mix loss against values computed by hand, and a tiny BraTS-like dataset (4 MRI channels, 3 nested regions) that
-plans, trains M3HL and predicts with plain nnU-Net's loading of the checkpoint."""
+mix loss against values computed by hand, and a tiny BraTS-like dataset (4 MRI sequences, a file each, 3 nested
+regions) that plans, trains M3HL and predicts with plain nnU-Net's loading of the checkpoint."""
 import json
 import math
 import os
@@ -109,6 +109,8 @@ def planned_regions(nnunet_env):
 
 
 def test_brats_like_dataset_trains_m3hl_and_predicts(nnunet_env, planned_regions, tmp_path):
+    unlabeled = sorted(os.listdir(nnunet_env / 'raw' / planned_regions / 'imagesUnlabeledTr'))
+    assert unlabeled == [f'unl_00{i}_000{c}.nii.gz' for i in range(2) for c in range(4)]  # a file per sequence
     run_cli(['nnUNetv2_train', REGIONS_ID, '3d_fullres', 0, '-tr', 'M3HLTrainer_test', '-device', 'cpu'])
     fold = nnunet_env / 'results' / planned_regions / 'M3HLTrainer_test__nnUNetPlans__3d_fullres' / 'fold_0'
     log = open(sorted(fold.glob('training_log_*.txt'))[-1]).read()

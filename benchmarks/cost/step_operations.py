@@ -89,6 +89,7 @@ class TorchCleanup(PseudoLabelCleanup):
 def step_phases(trainer, batch) -> Tuple[List[Tuple[object, str, str]], Callable[[], dict]]:
     """What one training step of either trainer runs, by phase: the (object, attribute, phase) triples to wrap and
     the step itself. Each phase is one package function or one nnU-Net call, named as the trainer composes them."""
+    import nnunetv2_m3hl.label_forms as label_forms
     import nnunetv2_m3hl.trainers.m3hl_trainer as m3hl_module
     x_l, target, x_u = batch
     patches = [(torch.Tensor, 'backward', 'backward'), (torch.nn.utils, 'clip_grad_norm_', 'gradient clipping'),
@@ -101,10 +102,12 @@ def step_phases(trainer, batch) -> Tuple[List[Tuple[object, str, str]], Callable
                 (trainer.teacher, 'forward', 'teacher forward'), (trainer, 'make_masks', 'masks'),
                 (trainer.mix_loss, 'forward', 'mix loss'),
                 (trainer.step_guard, 'all_ranks_finite', 'finiteness check')]
-    module_phases = [('hard_pseudo_labels_and_confidence', 'argmax pseudo-labels'), ('mix_images', 'mixing'),
-                     ('mix_targets', 'mixing'), ('downsample_for_deep_supervision', 'deep-supervision targets'),
+    module_phases = [('mix_images', 'mixing'), ('downsample_for_deep_supervision', 'deep-supervision targets'),
                      ('high_level_loss', 'L_high'), ('low_level_loss', 'L_low'), ('ema_update', 'EMA update')]
     patches += [(m3hl_module, name, phase) for name, phase in module_phases]
+    # what differs between label maps and regions is called through label_forms
+    patches += [(label_forms, 'hard_pseudo_labels_and_confidence', 'argmax pseudo-labels'),
+                (label_forms, 'region_pseudo_labels', 'region pseudo-labels'), (label_forms, 'mix_targets', 'mixing')]
     return patches, lambda: trainer.m3hl_step(x_l, target, x_u)
 
 
