@@ -230,10 +230,14 @@ def image_dimensionality(properties: dict) -> int:
     return len(properties['spacing'])
 
 
-def reference_dimensionality(raw_dataset_folder: str, dataset_json: dict, reader) -> int:
-    """Axes of the first labeled image as ``reader`` (the dataset's reader instance) returns it."""
-    first = next(iter(_labeled_cases(raw_dataset_folder, dataset_json).values()))
-    _, props = reader.read_images(first['images'])
+def first_labeled_images(raw_dataset_folder: str, dataset_json: dict) -> List[str]:
+    """The image files of the first labeled case, as nnU-Net lists them."""
+    return next(iter(_labeled_cases(raw_dataset_folder, dataset_json).values()))['images']
+
+
+def reference_dimensionality(labeled_images: Sequence[str], reader) -> int:
+    """Axes of a labeled image as ``reader`` (the dataset's reader instance) returns it."""
+    _, props = reader.read_images(list(labeled_images))
     return image_dimensionality(props)
 
 
@@ -272,9 +276,9 @@ def check_unlabeled_dataset(raw_dataset_folder: str, verbose: bool = True) -> Tu
         cases = discover_unlabeled_cases(raw_dataset_folder, dataset_json)
     except UnlabeledDataError as e:
         return 0, [str(e)]
-    first_labeled = next(iter(_labeled_cases(raw_dataset_folder, dataset_json).values()))
-    reader = determine_reader_writer_from_dataset_json(dataset_json, first_labeled['images'][0])()
-    expected = reference_dimensionality(raw_dataset_folder, dataset_json, reader)
+    first_labeled = first_labeled_images(raw_dataset_folder, dataset_json)
+    reader = determine_reader_writer_from_dataset_json(dataset_json, first_labeled[0])()
+    expected = reference_dimensionality(first_labeled, reader)
     problems = []
     for case in tqdm(cases, desc='Reading unlabeled scans', disable=not verbose):
         try:
@@ -381,7 +385,7 @@ def _bring_up_to_date(cases: List[UnlabeledCase], output_folder: str, plans: dic
     if not todo:
         return
 
-    expected_dim = reference_dimensionality(raw_dataset_folder, dataset_json,
+    expected_dim = reference_dimensionality(first_labeled_images(raw_dataset_folder, dataset_json),
                                             plans_manager.image_reader_writer_class())
     args = [(case, output_folder, plans, configuration_name, dataset_json, expected_dim) for case in todo]
 

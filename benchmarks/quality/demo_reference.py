@@ -22,6 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from nnunetv2_m3hl.demo import DEFAULT_SETTINGS  # noqa: E402
 from nnunetv2_m3hl.demo_expectation import COMPARED_SETTINGS, environment  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from real_data import package_commit  # noqa: E402
+
 DEMO_COMMAND = 'nnUNetv2_m3hl_demo'
 
 
@@ -47,15 +50,6 @@ def run_demo(seed: int, folder: str, device: str) -> dict:
     if summary is None:
         raise RuntimeError(f"{folder}/summary.json is missing after the demo ran; see {folder}/demo_stdout.txt")
     return summary
-
-
-def package_commit() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return 'unknown'
 
 
 def reference(summaries: List[dict], device: str) -> dict:

@@ -38,6 +38,7 @@ a trained fold is not retrained, existing predictions are only re-evaluated.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -381,7 +382,6 @@ def write_self_training_dataset(env: Dict[str, str], st_env: Dict[str, str], dat
     with open(os.path.join(tmp, 'dataset.json'), 'w') as f:
         json.dump(dataset, f, indent=1)
     os.makedirs(st_pre, exist_ok=True)
-    import shutil
     for name in (f'{plans}.json', 'dataset_fingerprint.json'):
         shutil.copy(os.path.join(pre, name), os.path.join(st_pre, name))
     shutil.copy(os.path.join(tmp, 'dataset.json'), os.path.join(st_pre, 'dataset.json'))
