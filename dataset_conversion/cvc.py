@@ -17,6 +17,20 @@ def cvc_test_frames() -> set:
     return {f for s in CVC_TEST_SEQUENCES for f in range(CVC_SEQUENCES[s - 1][0], CVC_SEQUENCES[s - 1][1] + 1)}
 
 
+def cvc_sequence_of(case: str) -> int:
+    """The video sequence (1..29) of a converted frame, named as the converter names it (``cvc_149`` or a file of
+    it, ``cvc_149.png``). Frames of one sequence are near-duplicates, so a per-frame count overstates how many
+    independent cases agree; results are also read per sequence."""
+    stem = os.path.basename(case).split('.')[0]
+    if not stem.startswith('cvc_') or not stem[4:].isdigit():
+        raise ValueError(f"{case}: not a converted CVC-ClinicDB frame (cvc_<frame number>)")
+    frame = int(stem[4:])
+    for number, (first, last) in enumerate(CVC_SEQUENCES, start=1):
+        if first <= frame <= last:
+            return number
+    raise ValueError(f"{case}: frame {frame} lies in no CVC-ClinicDB sequence (1..{CVC_SEQUENCES[-1][1]})")
+
+
 def convert_cvc(source: str, dataset_id: int, labeled: int = DEFAULT_LABELED, name: str = 'CVCClinicDB',
                 raw_root: Optional[str] = None, overwrite: bool = False) -> str:
     images, masks = os.path.join(source, 'images'), os.path.join(source, 'masks')

@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import run_cli
 from dataset_conversion.common import ConversionError
-from dataset_conversion.cvc import convert_cvc, cvc_test_frames
+from dataset_conversion.cvc import convert_cvc, cvc_sequence_of, cvc_test_frames
 from dataset_conversion.image_folders import convert_image_folders, parse_label_map
 from dataset_conversion.splits import CVC_SEQUENCES, CVC_TEST_SEQUENCES, CVC_TRAIN_ORDER
 
@@ -177,3 +177,12 @@ def test_cvc_split_holds_out_whole_sequences(tmp_path):
     assert split['test'] == sorted(f'cvc_{f}' for f in sorted(test)[:2])
     assert len(split['unlabeled']) == 4
     assert json.load(open(os.path.join(target, 'dataset.json')))['labels'] == {'background': 0, 'polyp': 1}
+
+
+def test_cvc_sequence_of_a_converted_frame():
+    first, last = CVC_SEQUENCES[10]
+    assert cvc_sequence_of(f'cvc_{first}.png') == cvc_sequence_of(f'cvc_{last}') == 11
+    assert cvc_sequence_of('cvc_1') == 1 and cvc_sequence_of(f'cvc_{CVC_SEQUENCES[-1][1]}.png') == len(CVC_SEQUENCES)
+    for bad in ('case_3.png', 'cvc_x.png', f'cvc_{CVC_SEQUENCES[-1][1] + 1}'):
+        with pytest.raises(ValueError, match=bad.split('.')[0]):
+            cvc_sequence_of(bad)

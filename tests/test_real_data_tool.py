@@ -301,6 +301,13 @@ def test_curves_png_shows_every_model_of_every_seed(real_data, tmp_path):
     assert not list(tmp_path.glob('*.tmp.png'))
 
 
+def test_mixing_start_epoch_is_the_first_logged_mixing_step(real_data):
+    assert real_data.mixing_start_epoch({'mix_losses': [float('nan')] * 3 + [0.4, 0.3]}) == 3
+    assert real_data.mixing_start_epoch({'mix_losses': [0.4, 0.3]}) == 0  # a pretrained model mixes at once
+    assert real_data.mixing_start_epoch({'mix_losses': [float('nan')] * 4}) is None  # never ready
+    assert real_data.mixing_start_epoch({'train_losses': [0.5]}) is None  # nnUNetTrainer
+
+
 def test_epoch_times_of_the_mixing_epochs_against_nnunet(real_data):
     nnunet = {'epoch_seconds': [10.0] * 8}
     m3hl = {'epoch_seconds': [10.0, 10.0] + [14.0] * 4 + [16.0] * 2,
@@ -337,3 +344,42 @@ def test_two_models_from_two_results_files_are_paired_seed_by_seed(compare_model
         compare_models.main([str(first), 'A>B', str(second), 'nnUNetTrainer'])
     with pytest.raises(SystemExit, match='missing.json: not a results JSON'):
         compare_models.main([str(first), 'A>B', str(tmp_path / 'missing.json'), 'B'])
+
+
+def test_frames_of_one_video_sequence_count_once_when_paired_by_sequence(compare_models, tmp_path, capsys):
+    from dataset_conversion.splits import CVC_SEQUENCES
+    (a1, a2), (b1, _) = CVC_SEQUENCES[0], CVC_SEQUENCES[1]  # two frames of sequence 1, one of sequence 2
+    frames = lambda x, y, z: {f'cvc_{a1}.png': x, f'cvc_{a2}.png': y, f'cvc_{b1}.png': z}  # noqa: E731
+    runs = {'0': {'models': {'nnUNetTrainer': dict(model(0.5, frames(0.4, 0.4, 0.7)),
+                                                   validation=model(0.5, {f'cvc_{b1}.png': 0.7})),
+                             'M3HLTrainer': model(0.6, frames(0.6, 0.5, 0.6))}}}
+    by_sequence = compare_models.grouped(runs, compare_models.GROUPINGS['cvc-sequence'])
+    assert by_sequence['0']['models']['M3HLTrainer']['per_case_dice'] == {'1': 0.55, '2': 0.6}
+    assert by_sequence['0']['models']['nnUNetTrainer']['validation']['per_case_dice'] == {'2': 0.7}
+    assert runs['0']['models']['M3HLTrainer']['per_case_dice'][f'cvc_{a1}.png'] == 0.6  # the input is left alone
+    c = compare_models.comparison(by_sequence, 'M3HLTrainer', by_sequence, 'nnUNetTrainer', 'test')
+    assert (c['better'], c['worse']) == (1, 1) and np.isclose(c['case_median'], 2.5)  # per frame: 2 / 1
+    path = tmp_path / 'cvc.json'
+    path.write_text(json.dumps({'runs': runs}))
+    compare_models.main([str(path), 'M3HLTrainer', str(path), 'nnUNetTrainer', '--by', 'cvc-sequence'])
+    assert 'cvc-sequences better / worse 1 / 1' in capsys.readouterr().out
+    path.write_text(json.dumps({'runs': {'0': {'models': {m: model(0.5, {'case_1': 0.5})
+                                                          for m in ('M3HLTrainer', 'nnUNetTrainer')}}}}))
+    with pytest.raises(SystemExit, match='--by cvc-sequence: case_1: not a converted CVC-ClinicDB frame'):
+        compare_models.main([str(path), 'M3HLTrainer', str(path), 'nnUNetTrainer', '--by', 'cvc-sequence'])
+
+
+def test_cvc_tables_read_the_gain_per_sequence_too(tmp_path):
+    results_tables = benchmark_module('results_tables')
+    from dataset_conversion.splits import CVC_SEQUENCES
+    (a1, a2), (b1, _) = CVC_SEQUENCES[0], CVC_SEQUENCES[1]
+    frames = lambda x, y, z: {f'cvc_{a1}.png': x, f'cvc_{a2}.png': y, f'cvc_{b1}.png': z}  # noqa: E731
+    runs = {'0': {'models': {'nnUNetTrainer': model(0.5, frames(0.4, 0.4, 0.7)),
+                             'M3HLTrainer': model(0.6, frames(0.6, 0.5, 0.6))}}}
+    (tmp_path / 'real_cvc23_cpu_long.json').write_text(json.dumps({'runs': runs}))
+    spec = next(s for s in results_tables.TABLES if s['title'].startswith('CVC-ClinicDB, 23'))
+    text = results_tables.table(spec, str(tmp_path))
+    assert '2 / 1, median +10.00' in text  # per frame
+    assert 'Per test sequence against nnU-Net' in text and 'M3HL, the default 1 / 1, median +2.50.' in text
+    acdc = next(s for s in results_tables.TABLES if s['title'].startswith('ACDC, 3'))
+    assert 'Per test sequence' not in results_tables.table(acdc, str(tmp_path))

@@ -617,9 +617,16 @@ def package_commit() -> str:
     return commit + ('+changes' if dirty else '')
 
 
+def mixing_start_epoch(training: dict) -> Optional[int]:
+    """The first epoch with an M3HL mixing step (the supervised warm-up logs its terms as absent), or None for a
+    trainer that never mixed."""
+    finite = np.flatnonzero(np.isfinite(np.array(training.get('mix_losses', []), dtype=float)))
+    return int(finite[0]) if len(finite) else None
+
+
 def write_curves(store: dict, path: str) -> None:
     """One row per seed: every model's validation Dice per epoch (the same validation patches for all), the Dice
-    per class, and M3HL's logged terms."""
+    per class, and M3HL's logged terms; a dotted line marks the epoch at which a model's mixing started."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -633,6 +640,12 @@ def write_curves(store: dict, path: str) -> None:
         for i, (model, training) in enumerate(models.items()):
             colour = f'C{i}'
             row[0].plot(100 * np.array(training['validation_dice']), color=colour, label=model)
+            start = mixing_start_epoch(training)
+            if start is not None:
+                for ax in row:
+                    ax.axvline(start, color=colour, linestyle=':', linewidth=1)
+                row[0].annotate(f'{model}: mixing from epoch {start}', (start, 0), xycoords=('data', 'axes fraction'),
+                                xytext=(3, 3 + 10 * i), textcoords='offset points', fontsize=6, color=colour)
             per_class = np.array(training['validation_dice_per_class'], dtype=float)
             for c, style in zip(range(per_class.shape[1] if per_class.ndim == 2 else 0), ('-', '--', ':', '-.')):
                 row[1].plot(100 * per_class[:, c], color=colour, linestyle=style,
