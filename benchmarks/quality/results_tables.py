@@ -128,11 +128,11 @@ def per_group_line(spec: dict, results: str, baseline_runs: dict, baseline_model
     """Against nnU-Net again, each group's mean Dice (a CVC video sequence: its frames are near-duplicates, so the
     frame counts above overstate how many independent cases agree) paired seed by seed."""
     group_of = GROUPINGS[spec['by']]
+    baseline_groups = grouped(baseline_runs, group_of)
     parts = []
     for name, json_name, model in spec['rows'][1:]:
         runs = load(json_name, results)
-        c = comparison(grouped(runs, group_of), model, grouped(baseline_runs, group_of), baseline_model, 'test') \
-            if runs else None
+        c = comparison(grouped(runs, group_of), model, baseline_groups, baseline_model, 'test') if runs else None
         if c:
             parts.append(f"{name.split(' (')[0]} {c['better']} / {c['worse']}, median {c['case_median']:+.2f}")
     if not parts:
