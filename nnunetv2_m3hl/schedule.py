@@ -51,15 +51,16 @@ def ema_horizon(decay: float) -> int:
 
 
 def student_is_ready(validation_dice_per_class: Sequence[Sequence[float]], ema_dice: Sequence[float],
-                     class_floor: float, patience: int) -> bool:
-    """Whether a supervised warm-up may end after the latest epoch: every foreground class of the latest epoch's
-    validation pseudo-Dice reaches ``class_floor`` (the teacher, a copy of this student, then knows every class),
-    or nnU-Net's EMA pseudo-Dice has not improved on its best for ``patience`` epochs (supervision alone has
-    stopped helping)."""
+                     class_floor: float, patience: int, floor_epochs: int = 1) -> bool:
+    """Whether a supervised warm-up may end after the latest epoch: every foreground class of the validation
+    pseudo-Dice reaches ``class_floor`` in each of the latest ``floor_epochs`` epochs (the teacher, a copy of this
+    student, then knows every class), or nnU-Net's EMA pseudo-Dice has not improved on its best for ``patience``
+    epochs (supervision alone has stopped helping). With one foreground class the floor of 0.5 can be passed after
+    the first epoch (CVC-ClinicDB); ``floor_epochs`` > 1 asks the student to hold it."""
     if not ema_dice:
         return False
-    latest = np.asarray(validation_dice_per_class[-1], dtype=float)
-    if latest.size and np.all(np.nan_to_num(latest, nan=0.0) >= class_floor):
+    latest = [np.nan_to_num(np.asarray(d, dtype=float), nan=0.0) for d in validation_dice_per_class[-floor_epochs:]]
+    if len(latest) == floor_epochs and all(d.size and np.all(d >= class_floor) for d in latest):
         return True
     ema = np.asarray(ema_dice, dtype=float)
     best_epoch = int(np.nanargmax(ema)) if np.isfinite(ema).any() else 0

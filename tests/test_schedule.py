@@ -124,3 +124,15 @@ def test_the_student_is_ready_when_every_class_knows_or_supervision_stalls():
     assert not student_is_ready([[0.0, 0.9]] * 4, [0.1, 0.3, 0.29, 0.28], 0.5, 3)  # best 2 epochs ago
     assert student_is_ready([[0.0, 0.9]] * 5, [0.1, 0.3, 0.29, 0.28, 0.27], 0.5, 3)
     assert not student_is_ready([[float('nan'), 0.9]], [0.4], 0.5, 3)
+
+
+def test_a_held_floor_needs_every_class_at_the_floor_for_that_many_epochs():
+    from nnunetv2_m3hl.schedule import student_is_ready
+    stalled_never = [0.1, 0.2, 0.3]  # a new best every epoch: only the floor can end the warm-up
+    assert student_is_ready([[0.1], [0.6], [0.7]], stalled_never, 0.5, 5, floor_epochs=1)
+    assert not student_is_ready([[0.1], [0.6], [0.7]], stalled_never, 0.5, 5, floor_epochs=3)  # the first is below
+    assert student_is_ready([[0.6], [0.6], [0.7]], stalled_never, 0.5, 5, floor_epochs=3)
+    assert not student_is_ready([[0.6], [0.7]], stalled_never[:2], 0.5, 5, floor_epochs=3)  # too few epochs yet
+    assert not student_is_ready([[0.6], [0.7], [0.4]], stalled_never, 0.5, 5, floor_epochs=2)  # dropped below
+    # the patience rule is unchanged by a held floor
+    assert student_is_ready([[0.1]] * 6, [0.3, 0.2, 0.2, 0.2, 0.2, 0.2], 0.5, 5, floor_epochs=5)

@@ -84,6 +84,7 @@ class M3HLTrainer(nnUNetTrainer):
         self.supervised_warmup_until_ready = True
         self.warmup_ready_class_floor = 0.5
         self.warmup_ready_patience = 5
+        self.warmup_ready_floor_epochs = 1  # consecutive epochs at the floor (M3HLTrainer_heldFloor: 5)
         self.warmup_ready_cap_fraction = 1.0
         # with supervised_warmup_until_ready False: a fixed share of the epochs instead (a fifth was the default
         # before, M3HLTrainer_warmup; the reference code has none, M3HLTrainer_reference)
@@ -114,7 +115,8 @@ class M3HLTrainer(nnUNetTrainer):
             'blocks_per_axis', 'masked_ratio', 'u_weight', 'ema_decay', 'high_weight', 'low_weight',
             'high_cosine_over', 'largest_component', 'pseudo_label_confidence_threshold', 'teacher_sees_weak_view',
             'unlabeled_batch_size', 'supervised_warmup_fraction', 'supervised_warmup_until_ready',
-            'warmup_ready_class_floor', 'warmup_ready_patience', 'warmup_ready_cap_fraction', 'teacher_join_steps',
+            'warmup_ready_class_floor', 'warmup_ready_patience', 'warmup_ready_floor_epochs',
+            'warmup_ready_cap_fraction', 'teacher_join_steps',
             'teacher_rampup_fraction', 'teacher_ema_warm_start')}
 
     @property
@@ -449,7 +451,7 @@ class M3HLTrainer(nnUNetTrainer):
         if self.supervised_warmup_until_ready and self.warmup_ended_at is None and self.in_supervised_warmup() \
                 and student_is_ready(self.logger.get_value('dice_per_class_or_region', None),
                                      self.logger.get_value('ema_fg_dice', None), self.warmup_ready_class_floor,
-                                     self.warmup_ready_patience):
+                                     self.warmup_ready_patience, self.warmup_ready_floor_epochs):
             # the validation Dice is the same on every rank (nnU-Net gathers it), so is this decision
             self.warmup_ended_at = self.current_epoch + 1
             self.print_to_log_file(f"the student is ready after {self.warmup_ended_at} supervised epochs "

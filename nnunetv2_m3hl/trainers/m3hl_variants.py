@@ -128,6 +128,15 @@ class M3HLTrainer_readyWarmup_uncapped(M3HLTrainer_readyWarmup):
         self.warmup_ready_cap_fraction = 1.0
 
 
+class M3HLTrainer_heldFloor(M3HLTrainer):
+    """The default's warm-up, but the class floor must hold for 5 consecutive epochs (the patience) before mixing
+    starts: with a single foreground class (CVC-ClinicDB) the default's floor is passed after one or two epochs of
+    50 iterations. The candidate to measure on CVC-ClinicDB's validation frames."""
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.warmup_ready_floor_epochs = 5
+
+
 class M3HLTrainer_readyWarmup_confidence95(M3HLTrainer_readyWarmup):
     """Both: the warm-up until the student is ready, then pseudo-labels gated at 0.95."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
