@@ -35,6 +35,16 @@ def patient_name(number: int) -> str:
     return f'patient{number:03d}'
 
 
+def acdc_patient_of(case: str) -> int:
+    """The patient number of a converted frame (``patient012_ED``, or a file of it). A patient's two frames share
+    its heart and its scan, so results are also read per patient."""
+    stem = os.path.basename(case).split('.')[0]
+    patient, _, phase = stem.partition('_')
+    if not (patient.startswith('patient') and patient[7:].isdigit() and phase in PHASES):
+        raise ValueError(f"{case}: not a converted ACDC frame (patient<NNN>_ED or patient<NNN>_ES)")
+    return int(patient[7:])
+
+
 def read_info(info_file: str) -> Dict[str, int]:
     """ED and ES frame numbers of one patient."""
     if not os.path.isfile(info_file):

@@ -80,6 +80,17 @@ def test_acdc_default_and_explicit_labeled(acdc_root, tmp_path):
         convert_acdc(str(acdc_root), 274, labeled_patients=[1], raw_root=str(tmp_path))
 
 
+def test_acdc_patient_of_a_converted_frame(acdc_root, tmp_path):
+    from dataset_conversion.acdc import acdc_patient_of
+    out = convert_acdc(str(acdc_root), 275, labeled=3, raw_root=str(tmp_path))
+    patients = {acdc_patient_of(f) for f in os.listdir(f'{out}/labelsTs')}
+    assert len(os.listdir(f'{out}/labelsTs')) == 2 * len(patients)  # each test patient's ED and ES frames
+    assert acdc_patient_of('patient012_ES') == acdc_patient_of('patient012_ED.nii.gz') == 12
+    for bad in ('patient012', 'patient012_MID.nii.gz', 'case_012_ED', 'cvc_12.png'):
+        with pytest.raises(ValueError, match='not a converted ACDC frame'):
+            acdc_patient_of(bad)
+
+
 @pytest.mark.parametrize('damage,message', [
     (lambda t: os.remove(t / 'training/patient050/Info.cfg'), 'Info.cfg is missing'),
     (lambda t: os.remove(t / 'training/patient050/patient050_frame01_gt.nii.gz'), '_gt.nii.gz is missing'),

@@ -369,7 +369,7 @@ def test_frames_of_one_video_sequence_count_once_when_paired_by_sequence(compare
         compare_models.main([str(path), 'M3HLTrainer', str(path), 'nnUNetTrainer', '--by', 'cvc-sequence'])
 
 
-def test_cvc_tables_read_the_gain_per_sequence_too(tmp_path):
+def test_cvc_and_acdc_tables_read_the_gain_per_sequence_and_per_patient_too(tmp_path):
     results_tables = benchmark_module('results_tables')
     from dataset_conversion.splits import CVC_SEQUENCES
     (a1, a2), (b1, _) = CVC_SEQUENCES[0], CVC_SEQUENCES[1]
@@ -381,5 +381,12 @@ def test_cvc_tables_read_the_gain_per_sequence_too(tmp_path):
     text = results_tables.table(spec, str(tmp_path))
     assert '2 / 1, median +10.00' in text  # per frame
     assert 'Per test sequence against nnU-Net' in text and 'M3HL, the default 1 / 1, median +2.50.' in text
-    acdc = next(s for s in results_tables.TABLES if s['title'].startswith('ACDC, 3'))
-    assert 'Per test sequence' not in results_tables.table(acdc, str(tmp_path))
+    acdc = next(s for s in results_tables.TABLES if s['title'].startswith('ACDC, 7'))
+    assert 'Per test' not in results_tables.table(acdc, str(tmp_path))  # nothing to pair yet
+    # ACDC: a patient's two frames count once
+    frames = lambda x, y, z: {'patient001_ED.nii.gz': x, 'patient001_ES.nii.gz': y, 'patient002_ED.nii.gz': z}  # noqa: E731
+    runs = {'0': {'models': {'nnUNetTrainer': model(0.5, frames(0.4, 0.4, 0.7)),
+                             'M3HLTrainer': model(0.6, frames(0.6, 0.5, 0.6))}}}
+    (tmp_path / 'real_acdc7_cpu_long.json').write_text(json.dumps({'runs': runs}))
+    text = results_tables.table(acdc, str(tmp_path))
+    assert 'Per test patient against nnU-Net' in text and 'M3HL, the default 1 / 1, median +2.50.' in text

@@ -7,7 +7,8 @@ For each split both were scored on: the gain per seed (points), its mean ± sd o
 RESULTS), and the per-case gains pooled over the seeds (cases better / worse, median, smallest and largest). The
 summary tables of ``real_data.py`` compare every model with nnUNetTrainer; this compares any two, for example the
 two-stage recipe with the default, whose runs are stored in different files. ``--by cvc-sequence`` pairs the mean
-Dice of each CVC-ClinicDB video sequence instead of each frame.
+Dice of each CVC-ClinicDB video sequence instead of each frame, ``--by acdc-patient`` that of each ACDC patient's
+two frames.
 """
 import argparse
 import copy
@@ -22,10 +23,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from real_data import paired  # noqa: E402
 
+from dataset_conversion.acdc import acdc_patient_of  # noqa: E402
 from dataset_conversion.cvc import cvc_sequence_of  # noqa: E402
 
 # what the per-case Dice may be pooled by before pairing: each group's mean Dice becomes one "case"
-GROUPINGS: Dict[str, Callable[[str], object]] = {'cvc-sequence': cvc_sequence_of}
+GROUPINGS: Dict[str, Callable[[str], object]] = {'cvc-sequence': cvc_sequence_of, 'acdc-patient': acdc_patient_of}
 
 
 def grouped(runs: dict, group_of: Callable[[str], object]) -> dict:
@@ -85,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument('--splits', nargs='+', choices=('test', 'validation'), default=['test', 'validation'])
     p.add_argument('--by', choices=sorted(GROUPINGS),
                    help="pair each group's mean Dice instead of each case's (cvc-sequence: a CVC-ClinicDB video "
-                        "sequence, whose frames are near-duplicates)")
+                        "sequence, whose frames are near-duplicates; acdc-patient: an ACDC patient's two frames)")
     args = p.parse_args(argv)
     runs, other_runs = load_runs(args.json), load_runs(args.other_json)
     if args.by:

@@ -29,6 +29,7 @@ BASELINE, DEFAULT = 'nnU-Net (`nnUNetTrainer`)', 'M3HL, the default (`M3HLTraine
 TABLES = [
     {'title': 'ACDC, 3 labeled patients (5%)', 'test_cases': '40 test frames',
      'budget': 'cpu_long: 2d at 2 mm, narrow U-Net (16..256), batch 8, 5000 iterations per trainer',
+     'by': 'acdc-patient',
      'rows': [(BASELINE, 'real_acdc3_cpu_long.json', 'nnUNetTrainer'),
               ("nnU-Net's self-training (`selftraining(nnUNetTrainer)`)", 'real_acdc3_cpu_long_selftraining.json',
                'selftraining(nnUNetTrainer)'),
@@ -39,6 +40,7 @@ TABLES = [
                'nnUNetTrainer>M3HLTrainer')]},
     {'title': 'ACDC, 7 labeled patients (10%)', 'test_cases': '40 test frames',
      'budget': 'cpu_long: 2d at 2 mm, narrow U-Net (16..256), batch 8, 5000 iterations per trainer',
+     'by': 'acdc-patient',
      'rows': [(BASELINE, 'real_acdc7_cpu_long.json', 'nnUNetTrainer'),
               ("nnU-Net's self-training (`selftraining(nnUNetTrainer)`)", 'real_acdc7_cpu_long.json',
                'selftraining(nnUNetTrainer)'),
@@ -124,10 +126,16 @@ def table(spec: dict, results: str = RESULTS) -> str:
     return '\n'.join(lines)
 
 
+# how each grouping reads under a table: the group's name and why its frames are not independent cases
+GROUP_WORDS = {'cvc-sequence': ('sequence', "its frames are near-duplicates"),
+               'acdc-patient': ('patient', "its two frames share the heart and the scan")}
+
+
 def per_group_line(spec: dict, results: str, baseline_runs: dict, baseline_model: str) -> Optional[str]:
-    """Against nnU-Net again, each group's mean Dice (a CVC video sequence: its frames are near-duplicates, so the
-    frame counts above overstate how many independent cases agree) paired seed by seed."""
+    """Against nnU-Net again, each group's mean Dice paired seed by seed: a per-frame count overstates how many
+    independent cases agree when frames come in groups (a CVC video sequence, an ACDC patient)."""
     group_of = GROUPINGS[spec['by']]
+    noun, why = GROUP_WORDS[spec['by']]
     baseline_groups = grouped(baseline_runs, group_of)
     parts = []
     for name, json_name, model in spec['rows'][1:]:
@@ -137,8 +145,8 @@ def per_group_line(spec: dict, results: str, baseline_runs: dict, baseline_model
             parts.append(f"{name.split(' (')[0]} {c['better']} / {c['worse']}, median {c['case_median']:+.2f}")
     if not parts:
         return None
-    return (f"Per test sequence against nnU-Net (each sequence's mean Dice, paired seed by seed; better / worse "
-            f"counted over sequences and seeds): {'; '.join(parts)}.")
+    return (f"Per test {noun} against nnU-Net ({why}; each {noun}'s mean Dice, paired seed by seed; better / worse "
+            f"counted over {noun}s and seeds): {'; '.join(parts)}.")
 
 
 def all_tables(results: str = RESULTS) -> str:
