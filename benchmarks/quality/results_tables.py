@@ -95,14 +95,16 @@ def spread(values: np.ndarray, sign: str = '') -> str:
 def table(spec: dict, results: str = RESULTS) -> str:
     baseline_name, baseline_json, baseline_model = spec['rows'][0]
     default = next((r for r in spec['rows'] if r[0] == DEFAULT), None)
-    baseline_runs = load(baseline_json, results)
-    default_runs = load(default[1], results) if default else None
+    # each results JSON read once, though several rows (and the per-group line) use it
+    runs_in = {j: load(j, results) for j in dict.fromkeys(r[1] for r in spec['rows'])}
+    baseline_runs = runs_in[baseline_json]
+    default_runs = runs_in[default[1]] if default else None
     lines = [f"**{spec['title']}**: test Dice on {spec['test_cases']}, papers' convention; {spec['budget']}.",
              '', '| method | seeds | test Dice (%) | against nnU-Net: gain (seeds); cases better / worse, median | '
                  'against the default M3HL: gain (seeds); cases better / worse, median |', '|---|---|---|---|---|']
     missing = []
     for name, json_name, model in spec['rows']:
-        runs = load(json_name, results)
+        runs = runs_in[json_name]
         dice = test_dice(runs, model) if runs else {}
         if not dice:
             missing.append(name)
@@ -116,11 +118,11 @@ def table(spec: dict, results: str = RESULTS) -> str:
     if len(lines) == 4:
         lines = lines[:1]
     elif spec.get('by') and baseline_runs:
-        per_group = per_group_line(spec, results, baseline_runs, baseline_model)
+        per_group = per_group_line(spec, runs_in, baseline_model)
         lines += ['', per_group] if per_group else []
     if missing:
         lines += ['', f"Not run yet: {', '.join(missing)}."]
-    written = [f'`{j}`' for j in dict.fromkeys(r[1] for r in spec['rows']) if os.path.isfile(os.path.join(results, j))]
+    written = [f'`{j}`' for j, runs in runs_in.items() if runs is not None]
     if written:
         lines += ['', 'JSON: ' + ', '.join(written)]
     return '\n'.join(lines)
@@ -131,15 +133,15 @@ GROUP_WORDS = {'cvc-sequence': ('sequence', "its frames are near-duplicates"),
                'acdc-patient': ('patient', "its two frames share the heart and the scan")}
 
 
-def per_group_line(spec: dict, results: str, baseline_runs: dict, baseline_model: str) -> Optional[str]:
+def per_group_line(spec: dict, runs_in: Dict[str, Optional[dict]], baseline_model: str) -> Optional[str]:
     """Against nnU-Net again, each group's mean Dice paired seed by seed: a per-frame count overstates how many
     independent cases agree when frames come in groups (a CVC video sequence, an ACDC patient)."""
     group_of = GROUPINGS[spec['by']]
     noun, why = GROUP_WORDS[spec['by']]
-    baseline_groups = grouped(baseline_runs, group_of)
+    baseline_groups = grouped(runs_in[spec['rows'][0][1]], group_of)
     parts = []
     for name, json_name, model in spec['rows'][1:]:
-        runs = load(json_name, results)
+        runs = runs_in[json_name]
         c = comparison(grouped(runs, group_of), model, baseline_groups, baseline_model, 'test') if runs else None
         if c:
             parts.append(f"{name.split(' (')[0]} {c['better']} / {c['worse']}, median {c['case_median']:+.2f}")
