@@ -119,12 +119,9 @@ def test_full_two_stage_spec_reuses_the_first_trainers_own_run(real_data, tmp_pa
     assert list(models) == real_data.expected_models('nnUNetTrainer>M3HLTrainer') == ['nnUNetTrainer>M3HLTrainer']
 
 
-def test_self_training_pseudo_labels_the_unlabeled_scans_and_trains_nnunet_on_all(real_data, tmp_path, monkeypatch):
-    """nnU-Net's own recipe: the source model of the seed predicts the unlabeled scans, nnUNetTrainer trains from
-    scratch on labeled + pseudo-labeled cases with the same plans, budget and validation cases; a rerun redoes
-    nothing."""
-    import json
-    name = 'Dataset271_ACDC'
+def _self_training_benchmark(tmp_path, name: str = 'Dataset271_ACDC'):
+    """The raw and preprocessed folders the self-training recipe starts from: 2 labeled cases (one of them fold 0's
+    validation case) and 3 unlabeled scans."""
     raw, pre = tmp_path / 'nnUNet_raw' / name, tmp_path / 'nnUNet_preprocessed' / name
     for folder in ('imagesTr', 'labelsTr', 'imagesUnlabeledTr', 'imagesTs', 'labelsTs'):
         (raw / folder).mkdir(parents=True)
@@ -139,30 +136,48 @@ def test_self_training_pseudo_labels_the_unlabeled_scans_and_trains_nnunet_on_al
     for f in ('nnUNetPlans_cpu_narrow.json', 'dataset_fingerprint.json'):
         (pre / f).write_text('{}')
     (pre / 'splits_final.json').write_text(json.dumps([{'train': ['p1'], 'val': ['p2']}]))
+    return raw
+
+
+def _fake_nnunet(real_data, name: str, write_label):
+    """Stands in for nnU-Net's commands: records each call; the predictor writes ``write_label(path)`` for every
+    input without an output (all of them unless ``--continue_prediction``), training writes a final checkpoint."""
     calls = []
 
     def fake_run(cmd, env, log_file=None):
         if cmd[1:2] == ['-c']:
             calls.append(('preprocess', env['nnUNet_preprocessed']))
         elif os.path.basename(cmd[0]) == 'nnUNetv2_predict':
-            out = cmd[cmd.index('-o') + 1]
-            calls.append(('predict', cmd[cmd.index('-i') + 1], cmd[cmd.index('-tr') + 1]))
+            source, out = cmd[cmd.index('-i') + 1], cmd[cmd.index('-o') + 1]
+            calls.append(('predict', source, cmd[cmd.index('-tr') + 1], sorted(os.listdir(out))))
             os.makedirs(out, exist_ok=True)
-            for f in os.listdir(cmd[cmd.index('-i') + 1]):
-                open(os.path.join(out, f.replace('_0000', '')), 'w').write('pseudo')
+            for f in os.listdir(source):
+                target = os.path.join(out, f.replace('_0000', ''))
+                if '--continue_prediction' not in cmd or not os.path.isfile(target):
+                    write_label(target)
         else:
             options = json.loads(cmd[-1])
             calls.append(('train', options['trainer'], options['pretrained'], env['nnUNet_results']))
             fold = real_data.fold_folder(env['nnUNet_results'], name, options['trainer'], options['plans'], '2d')
             os.makedirs(fold, exist_ok=True)
             open(os.path.join(fold, 'checkpoint_final.pth'), 'w').close()
+    return calls, fake_run
+
+
+def test_self_training_pseudo_labels_the_unlabeled_scans_and_trains_nnunet_on_all(real_data, tmp_path, monkeypatch):
+    """nnU-Net's own recipe: the source model of the seed predicts the unlabeled scans, nnUNetTrainer trains from
+    scratch on labeled + pseudo-labeled cases with the same plans, budget and validation cases; a rerun redoes
+    nothing."""
+    name = 'Dataset271_ACDC'
+    raw = _self_training_benchmark(tmp_path, name)
+    calls, fake_run = _fake_nnunet(real_data, name, lambda path: open(path, 'w').write('pseudo'))
     monkeypatch.setattr(real_data, 'run', fake_run)
     spec = 'selftraining(nnUNetTrainer)'
     args = _args(tmp_path, 'cpu_long')
     models, env = real_data.train_spec(spec, args, name, 0)
     assert [c[0] for c in calls] == ['train', 'predict', 'preprocess', 'train']
     source_results, st_results = calls[0][3], calls[3][3]
-    assert calls[1][1:] == (str(raw / 'imagesUnlabeledTr'), 'nnUNetTrainer')
+    assert calls[1][1:3] == (str(raw / 'imagesUnlabeledTr'), 'nnUNetTrainer')
     assert calls[3][1:3] == ('nnUNetTrainer', None) and st_results != source_results
     st_raw = os.path.join(env['nnUNet_raw'], name)
     assert sorted(os.listdir(os.path.join(st_raw, 'labelsTr'))) == ['p1.nii.gz', 'p2.nii.gz', 'u1.nii.gz',
@@ -177,6 +192,34 @@ def test_self_training_pseudo_labels_the_unlabeled_scans_and_trains_nnunet_on_al
     assert real_data.spec_slug(spec) == 'selftraining_of_nnUNetTrainer'
     real_data.train_spec(spec, args, name, 0)
     assert len(calls) == 4
+
+
+def test_a_stopped_pseudo_labelling_resumes_at_the_scans_without_a_readable_label(real_data, tmp_path, monkeypatch):
+    """Stopped while exporting, nnU-Net leaves its last file truncated: the rerun removes it and predicts only the
+    scans without a readable pseudo-label."""
+    import SimpleITK as sitk
+    name = 'Dataset271_ACDC'
+    _self_training_benchmark(tmp_path, name)
+
+    def write_label(path):
+        sitk.WriteImage(sitk.GetImageFromArray(np.ones((1, 8, 8), dtype=np.uint8)), path)
+    calls, fake_run = _fake_nnunet(real_data, name, write_label)
+    monkeypatch.setattr(real_data, 'run', fake_run)
+    args = _args(tmp_path, 'cpu_long')
+    pseudo_labels = os.path.join(real_data.self_training_root(str(tmp_path), 0, 'nnUNetTrainer'), 'pseudo_labels')
+    os.makedirs(pseudo_labels)
+    write_label(os.path.join(pseudo_labels, 'u1.nii.gz'))
+    write_label(os.path.join(pseudo_labels, 'u2.nii.gz'))
+    whole = open(os.path.join(pseudo_labels, 'u2.nii.gz'), 'rb').read()
+    open(os.path.join(pseudo_labels, 'u2.nii.gz'), 'wb').write(whole[:len(whole) // 2])
+    u1_written = os.path.getmtime(os.path.join(pseudo_labels, 'u1.nii.gz'))
+    real_data.train_spec('selftraining(nnUNetTrainer)', args, name, 0)
+    predict = [c for c in calls if c[0] == 'predict']
+    assert len(predict) == 1 and predict[0][3] == ['u1.nii.gz']
+    assert os.path.getmtime(os.path.join(pseudo_labels, 'u1.nii.gz')) == u1_written
+    for case in ('u1', 'u2', 'u3'):
+        assert sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(pseudo_labels, f'{case}.nii.gz'))).sum() == 64
+    assert real_data.drop_unreadable_labels(pseudo_labels, '.nii.gz') == []
 
 
 def test_a_fresh_workdir_gets_the_cpu_plans_before_the_narrow_ones(real_data, tmp_path, monkeypatch):

@@ -393,12 +393,29 @@ def write_self_training_dataset(env: Dict[str, str], st_env: Dict[str, str], dat
     return len(unlabeled)
 
 
+def drop_unreadable_labels(folder: str, ending: str) -> List[str]:
+    """Removes the label files of ``folder`` that nnU-Net's reader for ``ending`` cannot read and returns their
+    names: a prediction stopped while exporting leaves its last files truncated, and ``--continue_prediction``
+    would keep them as done."""
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
+    reader = determine_reader_writer_from_file_ending(ending, verbose=False)()
+    dropped = []
+    for name in sorted(f for f in os.listdir(folder) if f.endswith(ending)):
+        try:
+            reader.read_seg(os.path.join(folder, name))
+        except Exception:
+            os.remove(os.path.join(folder, name))
+            dropped.append(name)
+    return dropped
+
+
 def train_self_training(spec: str, args, dataset_name: str, seed: int) -> tuple:
     """nnU-Net's own answer to unlabeled scans, as its maintainers describe it (MIC-DKFZ/nnUNet issues #2338,
     #2233): the SOURCE model of this seed (trained if it is not there yet) predicts every unlabeled scan with
     ``nnUNetv2_predict`` (final checkpoint, hard labels), and ``nnUNetTrainer`` trains from scratch on the labeled
     plus pseudo-labeled cases with the same plans, budget and validation cases. Every step is skipped when its
-    output is complete, so a stopped run resumes."""
+    output is complete, so a stopped run resumes; a stopped pseudo-labelling goes on with the scans that have no
+    readable label yet."""
     source = self_training_source(spec)
     cfg = DATASETS[args.dataset]
     plans = plans_name(args.budget)
@@ -409,14 +426,18 @@ def train_self_training(spec: str, args, dataset_name: str, seed: int) -> tuple:
     unlabeled_images = os.path.join(source_env['nnUNet_raw'], dataset_name, 'imagesUnlabeledTr')
     ending = json.load(open(os.path.join(source_env['nnUNet_raw'], dataset_name, 'dataset.json')))['file_ending']
     expected = {f[:-len(ending) - 5] + ending for f in os.listdir(unlabeled_images) if f.endswith(ending)}
-    if not expected <= set(os.listdir(pseudo_labels) if os.path.isdir(pseudo_labels) else []):
-        log(f"seed {seed}, {spec}: {source} predicts the {len(expected)} unlabeled scans (pseudo-labels)")
+    os.makedirs(pseudo_labels, exist_ok=True)
+    if not expected <= set(os.listdir(pseudo_labels)):
+        drop_unreadable_labels(pseudo_labels, ending)
+        left = expected - set(os.listdir(pseudo_labels))
+        log(f"seed {seed}, {spec}: {source} predicts {len(left)} of the {len(expected)} unlabeled scans "
+            f"(pseudo-labels)")
         os.makedirs(os.path.join(args.workdir, 'logs'), exist_ok=True)
         trainer = os.path.basename(os.path.dirname(fold)).split('__')[0]
         run([os.path.join(os.path.dirname(sys.executable), 'nnUNetv2_predict'), '-i', unlabeled_images,
              '-o', pseudo_labels, '-d', str(cfg['id']), '-c', cfg['configuration'], '-f', '0', '-tr', trainer,
              '-p', plans, '-chk', checkpoint, '-device', args.device, '-npp', '1', '-nps', '1',
-             '--disable_progress_bar'], source_env,
+             '--continue_prediction', '--disable_progress_bar'], source_env,
             os.path.join(args.workdir, 'logs', f'pseudolabel_seed{seed}_{spec_slug(source)}.log'))
     env = nnunet_env(root)
     n = write_self_training_dataset(source_env, env, dataset_name, plans, pseudo_labels)
