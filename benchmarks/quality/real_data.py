@@ -428,10 +428,10 @@ def train_self_training(spec: str, args, dataset_name: str, seed: int) -> tuple:
     expected = {f[:-len(ending) - 5] + ending for f in os.listdir(unlabeled_images) if f.endswith(ending)}
     os.makedirs(pseudo_labels, exist_ok=True)
     if not expected <= set(os.listdir(pseudo_labels)):
-        drop_unreadable_labels(pseudo_labels, ending)
+        truncated = drop_unreadable_labels(pseudo_labels, ending)
         left = expected - set(os.listdir(pseudo_labels))
         log(f"seed {seed}, {spec}: {source} predicts {len(left)} of the {len(expected)} unlabeled scans "
-            f"(pseudo-labels)")
+            f"(pseudo-labels)" + (f"; removed unreadable: {', '.join(truncated)}" if truncated else ''))
         os.makedirs(os.path.join(args.workdir, 'logs'), exist_ok=True)
         trainer = os.path.basename(os.path.dirname(fold)).split('__')[0]
         run([os.path.join(os.path.dirname(sys.executable), 'nnUNetv2_predict'), '-i', unlabeled_images,
