@@ -219,7 +219,19 @@ def test_a_stopped_pseudo_labelling_resumes_at_the_scans_without_a_readable_labe
     assert os.path.getmtime(os.path.join(pseudo_labels, 'u1.nii.gz')) == u1_written
     for case in ('u1', 'u2', 'u3'):
         assert sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(pseudo_labels, f'{case}.nii.gz'))).sum() == 64
-    assert real_data.drop_unreadable_labels(pseudo_labels, '.nii.gz') == []
+    assert real_data.drop_unreadable_labels(pseudo_labels, {'file_ending': '.nii.gz'}) == []
+
+
+def test_unreadable_labels_are_judged_by_the_reader_the_dataset_json_names(real_data, tmp_path):
+    """A 2D TIFF without the spacing file Tiff3DIO needs: nnU-Net's reader for the ending (NaturalImage2DIO) reads
+    it, so it stays; a dataset.json that names Tiff3DIO cannot train on it, so it goes."""
+    import tifffile
+    tifffile.imwrite(tmp_path / 'u1.tif', np.ones((8, 8), dtype=np.uint8))
+    assert real_data.drop_unreadable_labels(str(tmp_path), {'file_ending': '.tif'}) == []
+    assert os.path.isfile(tmp_path / 'u1.tif')
+    named = {'file_ending': '.tif', 'overwrite_image_reader_writer': 'Tiff3DIO'}
+    assert real_data.drop_unreadable_labels(str(tmp_path), named) == ['u1.tif']
+    assert not os.path.exists(tmp_path / 'u1.tif')
 
 
 def test_a_fresh_workdir_gets_the_cpu_plans_before_the_narrow_ones(real_data, tmp_path, monkeypatch):

@@ -393,12 +393,15 @@ def write_self_training_dataset(env: Dict[str, str], st_env: Dict[str, str], dat
     return len(unlabeled)
 
 
-def drop_unreadable_labels(folder: str, ending: str) -> List[str]:
-    """Removes the label files of ``folder`` that nnU-Net's reader for ``ending`` cannot read and returns their
+def drop_unreadable_labels(folder: str, dataset_json: dict) -> List[str]:
+    """Removes the label files of ``folder`` that the dataset's reader (dataset.json's
+    ``overwrite_image_reader_writer``, else nnU-Net's choice for its file ending) cannot read and returns their
     names: a prediction stopped while exporting leaves its last files truncated, and ``--continue_prediction``
     would keep them as done."""
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
-    reader = determine_reader_writer_from_file_ending(ending, verbose=False)()
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    # no example file: the one at hand may be the truncated one, which no reader would accept
+    reader = determine_reader_writer_from_dataset_json(dataset_json, verbose=False)()
+    ending = dataset_json['file_ending']
     dropped = []
     for name in sorted(f for f in os.listdir(folder) if f.endswith(ending)):
         try:
@@ -424,11 +427,12 @@ def train_self_training(spec: str, args, dataset_name: str, seed: int) -> tuple:
     root = self_training_root(args.workdir, seed, source)
     pseudo_labels = os.path.join(root, 'pseudo_labels')
     unlabeled_images = os.path.join(source_env['nnUNet_raw'], dataset_name, 'imagesUnlabeledTr')
-    ending = json.load(open(os.path.join(source_env['nnUNet_raw'], dataset_name, 'dataset.json')))['file_ending']
+    dataset_json = json.load(open(os.path.join(source_env['nnUNet_raw'], dataset_name, 'dataset.json')))
+    ending = dataset_json['file_ending']
     expected = {f[:-len(ending) - 5] + ending for f in os.listdir(unlabeled_images) if f.endswith(ending)}
     os.makedirs(pseudo_labels, exist_ok=True)
     if not expected <= set(os.listdir(pseudo_labels)):
-        truncated = drop_unreadable_labels(pseudo_labels, ending)
+        truncated = drop_unreadable_labels(pseudo_labels, dataset_json)
         left = expected - set(os.listdir(pseudo_labels))
         log(f"seed {seed}, {spec}: {source} predicts {len(left)} of the {len(expected)} unlabeled scans "
             f"(pseudo-labels)" + (f"; removed unreadable: {', '.join(truncated)}" if truncated else ''))
