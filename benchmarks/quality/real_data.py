@@ -649,16 +649,26 @@ def mixing_start_epoch(training: dict) -> Optional[int]:
     return int(finite[0]) if len(finite) else None
 
 
+M3HL_TERMS = (('mix_losses', '-'), ('high_losses', '--'), ('low_losses', ':'), ('pseudo_fg_share', '-.'))
+
+
+def logs_m3hl_terms(training: dict) -> bool:
+    return any(np.isfinite(np.array(training.get(key, []), dtype=float)).any() for key, _ in M3HL_TERMS)
+
+
 def write_curves(store: dict, path: str) -> None:
     """One row per seed: every model's validation Dice per epoch (the same validation patches for all), the Dice
-    per class, and M3HL's logged terms; a dotted line marks the epoch at which a model's mixing started."""
+    per class, and M3HL's logged terms where a model logged them; a dotted line marks the epoch at which a model's
+    mixing started."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     seeds = sorted(store['runs'], key=int)
     if not seeds:
         return
-    fig, axes = plt.subplots(len(seeds), 3, figsize=(18, 4.5 * len(seeds)), squeeze=False)
+    columns = 3 if any(logs_m3hl_terms(v.get('training', {})) for seed in seeds
+                       for v in store['runs'][seed]['models'].values()) else 2
+    fig, axes = plt.subplots(len(seeds), columns, figsize=(6 * columns, 4.5 * len(seeds)), squeeze=False)
     for row, seed in zip(axes, seeds):
         models = {m: v['training'] for m, v in store['runs'][seed]['models'].items()
                   if '(teacher)' not in m and v.get('training', {}).get('validation_dice')}
@@ -675,13 +685,13 @@ def write_curves(store: dict, path: str) -> None:
             for c, style in zip(range(per_class.shape[1] if per_class.ndim == 2 else 0), ('-', '--', ':', '-.')):
                 row[1].plot(100 * per_class[:, c], color=colour, linestyle=style,
                             label=f'{model}, class {c + 1}')
-            for key, style in (('mix_losses', '-'), ('high_losses', '--'), ('low_losses', ':'),
-                               ('pseudo_fg_share', '-.')):
+            for key, style in M3HL_TERMS:  # only where columns == 3: some model logged them
                 if key in training and np.isfinite(np.array(training[key], dtype=float)).any():
                     row[2].plot(training[key], color=colour, linestyle=style, label=f'{model}: {key}')
         row[0].set_title(f'seed {seed}: validation pseudo-Dice (%) per epoch')
         row[1].set_title(f'seed {seed}: validation Dice per class (%)')
-        row[2].set_title(f'seed {seed}: M3HL terms per epoch')
+        if columns == 3:
+            row[2].set_title(f'seed {seed}: M3HL terms per epoch')
         for ax in row:
             ax.set_xlabel('epoch')
             if ax.lines:
