@@ -652,8 +652,10 @@ def mixing_start_epoch(training: dict) -> Optional[int]:
 M3HL_TERMS = (('mix_losses', '-'), ('high_losses', '--'), ('low_losses', ':'), ('pseudo_fg_share', '-.'))
 
 
-def logs_m3hl_terms(training: dict) -> bool:
-    return any(np.isfinite(np.array(training.get(key, []), dtype=float)).any() for key, _ in M3HL_TERMS)
+def logged_m3hl_terms(training: dict) -> List[tuple]:
+    """The (key, line style) pairs of M3HL_TERMS that ``training`` logged at least once."""
+    return [(key, style) for key, style in M3HL_TERMS
+            if np.isfinite(np.array(training.get(key, []), dtype=float)).any()]
 
 
 def write_curves(store: dict, path: str) -> None:
@@ -666,7 +668,7 @@ def write_curves(store: dict, path: str) -> None:
     seeds = sorted(store['runs'], key=int)
     if not seeds:
         return
-    columns = 3 if any(logs_m3hl_terms(v.get('training', {})) for seed in seeds
+    columns = 3 if any(logged_m3hl_terms(v.get('training', {})) for seed in seeds
                        for v in store['runs'][seed]['models'].values()) else 2
     fig, axes = plt.subplots(len(seeds), columns, figsize=(6 * columns, 4.5 * len(seeds)), squeeze=False)
     for row, seed in zip(axes, seeds):
@@ -685,9 +687,8 @@ def write_curves(store: dict, path: str) -> None:
             for c, style in zip(range(per_class.shape[1] if per_class.ndim == 2 else 0), ('-', '--', ':', '-.')):
                 row[1].plot(100 * per_class[:, c], color=colour, linestyle=style,
                             label=f'{model}, class {c + 1}')
-            for key, style in M3HL_TERMS:  # only where columns == 3: some model logged them
-                if key in training and np.isfinite(np.array(training[key], dtype=float)).any():
-                    row[2].plot(training[key], color=colour, linestyle=style, label=f'{model}: {key}')
+            for key, style in logged_m3hl_terms(training):
+                row[2].plot(training[key], color=colour, linestyle=style, label=f'{model}: {key}')
         row[0].set_title(f'seed {seed}: validation pseudo-Dice (%) per epoch')
         row[1].set_title(f'seed {seed}: validation Dice per class (%)')
         if columns == 3:
