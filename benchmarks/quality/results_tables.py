@@ -24,7 +24,9 @@ from real_data import split_scores  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(HERE), 'results')
 
-# (row, results JSON, model name in it); the first row of a table is nnU-Net, the row named DEFAULT the default M3HL
+# (row, results JSON, model name in it); the first row of a table is nnU-Net, the row named DEFAULT the default M3HL.
+# Self-training has a JSON of its own: its nnUNetTrainer rows are the models that made its pseudo-labels, retrained
+# where the table's nnU-Net model of that seed was no longer at hand.
 BASELINE, DEFAULT = 'nnU-Net (`nnUNetTrainer`)', 'M3HL, the default (`M3HLTrainer`)'
 TABLES = [
     {'title': 'ACDC, 3 labeled patients (5%)', 'test_cases': '40 test frames',
@@ -42,13 +44,13 @@ TABLES = [
      'budget': 'cpu_long: 2d at 2 mm, narrow U-Net (16..256), batch 8, 5000 iterations per trainer',
      'by': 'acdc-patient',
      'rows': [(BASELINE, 'real_acdc7_cpu_long.json', 'nnUNetTrainer'),
-              ("nnU-Net's self-training (`selftraining(nnUNetTrainer)`)", 'real_acdc7_cpu_long.json',
+              ("nnU-Net's self-training (`selftraining(nnUNetTrainer)`)", 'real_acdc7_cpu_long_selftraining.json',
                'selftraining(nnUNetTrainer)'),
               (DEFAULT, 'real_acdc7_cpu_long.json', 'M3HLTrainer')]},
     {'title': 'LA, 4 labeled scans (5%)', 'test_cases': '20 test scans',
      'budget': 'cpu_long: 3d_fullres at 1.875 mm, narrow U-Net (16..128), batch 2, 3000 iterations per trainer',
      'rows': [(BASELINE, 'real_la4_cpu_long.json', 'nnUNetTrainer'),
-              ("nnU-Net's self-training (`selftraining(nnUNetTrainer)`)", 'real_la4_cpu_long.json',
+              ("nnU-Net's self-training (`selftraining(nnUNetTrainer)`)", 'real_la4_cpu_long_selftraining.json',
                'selftraining(nnUNetTrainer)'),
               (DEFAULT, 'real_la4_cpu_long.json', 'M3HLTrainer')]},
     {'title': 'CVC-ClinicDB, 23 labeled frames (5%)', 'test_cases': '143 test frames of 6 sequences',
