@@ -63,7 +63,7 @@ def use_nnunet_folders(output_folder: str) -> Dict[str, str]:
 def plan_and_preprocess(dataset_id: int, configuration: str = '2d', num_processes: int = 2) -> None:
     cmd = [sys.executable, '-c', 'from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints import '
            'plan_and_preprocess_entry as main; main()', '-d', str(dataset_id), '-c', configuration,
-           '-np', str(num_processes)]
+           '-np', str(num_processes), '-npfp', str(num_processes)]  # nnU-Net's default spawns 8 fingerprint workers
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"nnU-Net planning failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")

@@ -11,6 +11,9 @@ from dataset_conversion.synthetic import make_synthetic_dataset
 from nnunetv2_m3hl import trainer_path
 
 BIN = os.path.dirname(sys.executable)
+# nnU-Net's planning spawns 8 fingerprint processes by default, each importing torch: on a 2-core machine that start-up
+# is most of planning a tiny dataset; one process each halves it and plans the same
+ONE_PROCESS = ['-np', 1, '-npfp', 1]
 
 USER_TRAINERS = '''
 import os
@@ -35,11 +38,18 @@ class M3HLTrainer_test(M3HLTrainer):
         self.save_every = 1  # a checkpoint_latest.pth after every epoch, for the kill-and-resume test
 
 
-class M3HLTrainer_test_pretrained(M3HLTrainer_test):
+class NoPostTrainingValidation:
+    """For the tests that look at training alone: nnU-Net's validation after training (tested on the other variants)
+    starts a pool of processes that costs more than these runs."""
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file('validation after training skipped by this test variant')
+
+
+class M3HLTrainer_test_pretrained(NoPostTrainingValidation, M3HLTrainer_test):
     """Its own output folder, for the -pretrained_weights tests."""
 
 
-class M3HLTrainer_test_warmup(M3HLTrainer_test):
+class M3HLTrainer_test_warmup(NoPostTrainingValidation, M3HLTrainer_test):
     """Two epochs, the first supervised only."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -47,7 +57,7 @@ class M3HLTrainer_test_warmup(M3HLTrainer_test):
         self.supervised_warmup_fraction = 0.5
 
 
-class M3HLTrainer_test_readyWarmup(M3HLTrainer_test):
+class M3HLTrainer_test_readyWarmup(NoPostTrainingValidation, M3HLTrainer_test):
     """Four epochs (a warm-up cap of two); the warm-up ends as soon as the student is ready, here after the first
     (a floor of 0)."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
@@ -58,7 +68,7 @@ class M3HLTrainer_test_readyWarmup(M3HLTrainer_test):
         self.warmup_ready_cap_fraction = 0.5
 
 
-class M3HLTrainer_test_neverReady(M3HLTrainer_test):
+class M3HLTrainer_test_neverReady(NoPostTrainingValidation, M3HLTrainer_test):
     """Two epochs, a warm-up until ready without a cap and a floor no student reaches: the whole run is supervised."""
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -135,7 +145,7 @@ def nnunet_env(tmp_path_factory):
 
 def _plan(dataset_id: int, configuration: str, root, n_train: int):
     name = f'Dataset{dataset_id:03d}_M3HLPhantom'
-    run_cli(['nnUNetv2_plan_and_preprocess', '-d', dataset_id, '-c', configuration, '-np', 2])
+    run_cli(['nnUNetv2_plan_and_preprocess', '-d', dataset_id, '-c', configuration, *ONE_PROCESS])
     # one small validation case keeps nnU-Net's post-training validation short
     split = [{'train': [f'lab_{i:03d}' for i in range(n_train)], 'val': [f'lab_{n_train:03d}']}]
     (root / 'preprocessed' / name / 'splits_final.json').write_text(json.dumps(split))

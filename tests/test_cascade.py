@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import run_cli
+from conftest import ONE_PROCESS, run_cli
 from dataset_conversion.synthetic import make_synthetic_dataset
 
 CASCADE_ID = 908
@@ -24,7 +24,7 @@ def planned_cascade(nnunet_env):
     raw = make_synthetic_dataset(str(nnunet_env / 'raw'), CASCADE_ID, n_labeled=3, n_unlabeled=2, n_test=1,
                                  shape=(32, 32, 32), name='CascadePhantom')
     name = os.path.basename(raw)
-    run_cli(['nnUNetv2_plan_and_preprocess', '-d', CASCADE_ID, '-c', '3d_fullres', '-np', 2])
+    run_cli(['nnUNetv2_plan_and_preprocess', '-d', CASCADE_ID, '-c', '3d_fullres', *ONE_PROCESS])
     plans_file = nnunet_env / 'preprocessed' / name / 'nnUNetPlans.json'
     plans = json.loads(plans_file.read_text())
     lowres = copy.deepcopy(plans['configurations']['3d_fullres'])

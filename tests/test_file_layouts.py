@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import ONE_PROCESS, run_cli
 from dataset_conversion.synthetic import make_synthetic_dataset
 from nnunetv2_m3hl.unlabeled import UnlabeledDataError, check_unlabeled_dataset, discover_unlabeled_cases
 
@@ -57,7 +57,7 @@ def test_a_second_file_for_a_one_file_rgb_case_is_refused(tmp_path):
 
 def _train_and_predict(nnunet_env, dataset_id, dataset_name, configuration, tmp_path, file_ending):
     run_cli(['nnUNetv2_m3hl_check_dataset', '-d', dataset_id])
-    run_cli(['nnUNetv2_plan_and_preprocess', '-d', dataset_id, '-c', configuration, '-np', 2,
+    run_cli(['nnUNetv2_plan_and_preprocess', '-d', dataset_id, '-c', configuration, *ONE_PROCESS,
              '--verify_dataset_integrity'])
     split = [{'train': ['lab_000', 'lab_001'], 'val': ['lab_002']}]
     (nnunet_env / 'preprocessed' / dataset_name / 'splits_final.json').write_text(json.dumps(split))

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import run_cli
+from conftest import ONE_PROCESS, run_cli
 from dataset_conversion.synthetic import make_synthetic_dataset
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2_m3hl.label_forms import LabelMaps, RegionMaps, label_form_for
@@ -101,7 +101,7 @@ def planned_regions(nnunet_env):
                         channel_names={'0': 'T1', '1': 'T1ce', '2': 'T2', '3': 'FLAIR'})
     with open(os.path.join(raw, 'dataset.json'), 'w') as f:
         json.dump(dataset_json, f)
-    run_cli(['nnUNetv2_plan_and_preprocess', '-d', REGIONS_ID, '-c', '3d_fullres', '-np', 2])
+    run_cli(['nnUNetv2_plan_and_preprocess', '-d', REGIONS_ID, '-c', '3d_fullres', *ONE_PROCESS])
     name = os.path.basename(raw)
     split = [{'train': ['lab_000', 'lab_001'], 'val': ['lab_002']}]
     (nnunet_env / 'preprocessed' / name / 'splits_final.json').write_text(json.dumps(split))

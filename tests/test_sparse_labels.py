@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import run_cli
+from conftest import ONE_PROCESS, run_cli
 from test_trainer_step import batches
 from dataset_conversion.synthetic import LABELS, make_synthetic_dataset
 from nnunetv2.run.run_training import get_trainer_from_args
@@ -41,7 +41,7 @@ def planned_sparse(nnunet_env):
     dataset_json['labels'] = dict(LABELS, ignore=IGNORE)
     with open(os.path.join(raw, 'dataset.json'), 'w') as f:
         json.dump(dataset_json, f)
-    run_cli(['nnUNetv2_plan_and_preprocess', '-d', SPARSE_ID, '-c', '2d', '-np', 2, '--verify_dataset_integrity'])
+    run_cli(['nnUNetv2_plan_and_preprocess', '-d', SPARSE_ID, '-c', '2d', *ONE_PROCESS, '--verify_dataset_integrity'])
     name = os.path.basename(raw)
     split = [{'train': ['lab_000', 'lab_001', 'lab_002'], 'val': ['lab_003']}]
     (nnunet_env / 'preprocessed' / name / 'splits_final.json').write_text(json.dumps(split))

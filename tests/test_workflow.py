@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import BIN, run_cli
+from conftest import BIN, ONE_PROCESS, run_cli
 from dataset_conversion.synthetic import make_synthetic_dataset
 from nnunetv2_m3hl.unlabeled import MANIFEST_NAME
 
@@ -54,7 +54,7 @@ def two_fold_dataset(nnunet_env):
     """A tiny 2D dataset with two cross-validation folds; its unlabeled scans are not preprocessed yet."""
     make_synthetic_dataset(str(nnunet_env / 'raw'), DATASET_ID, n_labeled=4, n_unlabeled=8, n_test=2,
                            shape=(64, 64), seed=3)
-    run_cli(['nnUNetv2_plan_and_preprocess', '-d', DATASET_ID, '-c', '2d', '-np', 2])
+    run_cli(['nnUNetv2_plan_and_preprocess', '-d', DATASET_ID, '-c', '2d', *ONE_PROCESS])
     splits = [{'train': ['lab_000', 'lab_001', 'lab_002'], 'val': ['lab_003']},
               {'train': ['lab_001', 'lab_002', 'lab_003'], 'val': ['lab_000']}]
     (nnunet_env / 'preprocessed' / NAME / 'splits_final.json').write_text(json.dumps(splits))
@@ -154,8 +154,6 @@ def test_two_folds_started_together_both_finish(trained_folds):
 
 def test_best_configuration_ensemble_and_postprocessing_on_m3hl_folds(trained_folds, tmp_path):
     raw = trained_folds / 'raw' / NAME
-    run_cli(['nnUNetv2_find_best_configuration', DATASET_ID, '-c', '2d', '-tr', 'M3HLTrainer_test', '-f', 0, 1,
-             '-np', 1])
     # M3HL against the supervised baseline in one call: each alone and their ensemble are ranked
     run_cli(['nnUNetv2_find_best_configuration', DATASET_ID, '-c', '2d', '-tr', 'M3HLTrainer_test',
              'nnUNetTrainer_test', '-f', 0, 1, '-np', 1])

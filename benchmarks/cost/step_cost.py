@@ -66,8 +66,8 @@ def prepare_synthetic(workdir: str, configuration: str) -> int:
     if not os.path.isdir(f'{workdir}/preprocessed/{name}/nnUNetPlans_{configuration}'):
         if not os.path.isdir(f'{workdir}/raw/{name}'):
             make_synthetic_dataset(f'{workdir}/raw', dataset_id, n_labeled=5, n_unlabeled=8, n_test=0, shape=shape)
-        subprocess.run([sys.executable, '-c', PLAN_AND_PREPROCESS, '-d', str(dataset_id), '-c', configuration, '-np', '2'],
-                       check=True, capture_output=True)
+        subprocess.run([sys.executable, '-c', PLAN_AND_PREPROCESS, '-d', str(dataset_id), '-c', configuration,
+                        '-np', '2', '-npfp', '2'], check=True, capture_output=True)
     from nnunetv2_m3hl.unlabeled import preprocess_unlabeled
     preprocess_unlabeled(dataset_id, configuration, num_processes=2, verbose=False)
     return dataset_id
