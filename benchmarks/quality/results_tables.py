@@ -57,6 +57,8 @@ TABLES = [
      'budget': 'cpu_long: 2d at half resolution (128 x 128), narrow U-Net, batch 8, 5000 iterations per trainer',
      'by': 'cvc-sequence',
      'rows': [(BASELINE, 'real_cvc23_cpu_long.json', 'nnUNetTrainer'),
+              ("nnU-Net's self-training (`selftraining(nnUNetTrainer)`)", 'real_cvc23_cpu_long_selftraining.json',
+               'selftraining(nnUNetTrainer)'),
               (DEFAULT, 'real_cvc23_cpu_long.json', 'M3HLTrainer')]},
     {'title': 'CVC-ClinicDB, 47 labeled frames (10%)', 'test_cases': '143 test frames of 6 sequences',
      'budget': 'cpu_long: 2d at half resolution (128 x 128), narrow U-Net, batch 8, 5000 iterations per trainer',
